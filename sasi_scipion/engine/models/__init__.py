@@ -1,0 +1,25 @@
+"""Backbone registry: every backbone maps ``(B, 1, z, y, x)`` to class logits
+``(B, K+1, z, y, x)`` and exposes ``encode`` (embedding for SimCLR),
+``size_multiple`` and ``receptive_margin`` (see ``DeepFinderUNet``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import SasiInputError
+from .deepfinder import DeepFinderUNet
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "deepfinder": DeepFinderUNet,
+}
+
+
+def build_backbone(arch: str, num_outputs: int, **arch_params: int) -> nn.Module:
+    """Instantiate backbone ``arch`` with ``num_outputs`` = K + 1 logit channels."""
+    if arch not in BACKBONES:
+        raise SasiInputError(
+            f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(BACKBONES))}"
+        )
+    return BACKBONES[arch](num_outputs=num_outputs, **arch_params)

@@ -1,0 +1,76 @@
+"""DeepFinder-shaped 3D U-Net, the SaSi paper's default backbone.
+
+Encoder: two 3x3x3 convolutions (ReLU) at 32 channels, max-pool, two at 48,
+max-pool, four at 64. Decoder: up-sample (nearest, x2) + skip concatenation,
+two at 48, up-sample + skip concatenation, two at 32, then a 1x1x1
+convolution to K + 1 class logits (background + K). About 0.85 M parameters
+for K = 3. Zero ('same') padding everywhere.
+
+Tensors are ``(batch, channels, z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_block(in_channels: int, out_channels: int, count: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(count):
+        layers += [
+            nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class DeepFinderUNet(nn.Module):
+    """The DeepFinder U-Net.
+
+    Attributes:
+        num_outputs: K + 1 output channels.
+        size_multiple: spatial sizes (and tile offsets) must be multiples of this
+            so that the two max-pool grids line up (4).
+        receptive_margin: voxels of context on each side that influence an
+            output voxel (receptive field radius, 30); tiled inference crops
+            at least this much.
+        embedding_channels: channels of the encoder embedding (64).
+        embedding_stride: spatial down-sampling of the encoder embedding (4).
+    """
+
+    size_multiple = 4
+    receptive_margin = 30
+    embedding_channels = 64
+    embedding_stride = 4
+
+    def __init__(self, num_outputs: int, width: int = 32) -> None:
+        super().__init__()
+        c1, c2, c3 = width, width * 3 // 2, width * 2
+        self.num_outputs = num_outputs
+        self.enc1 = _conv_block(1, c1, 2)
+        self.enc2 = _conv_block(c1, c2, 2)
+        self.bottom = _conv_block(c2, c3, 4)
+        self.dec2 = _conv_block(c3 + c2, c2, 2)
+        self.dec1 = _conv_block(c2 + c1, c1, 2)
+        self.head = nn.Conv3d(c1, num_outputs, 1)
+        self.pool = nn.MaxPool3d(2)
+        self.embedding_channels = c3
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s1 = self.enc1(x)
+        s2 = self.enc2(self.pool(s1))
+        return s1, s2, self.bottom(self.pool(s2))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder embedding ``(B, 64, z/4, y/4, x/4)`` of input ``(B, 1, z, y, x)``."""
+        return self._encode(x)[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, K+1, z, y, x)`` of input ``(B, 1, z, y, x)``."""
+        s1, s2, bottom = self._encode(x)
+        up = nn.functional.interpolate(bottom, scale_factor=2, mode="nearest")
+        d2 = self.dec2(torch.cat([up, s2], dim=1))
+        up = nn.functional.interpolate(d2, scale_factor=2, mode="nearest")
+        d1 = self.dec1(torch.cat([up, s1], dim=1))
+        return self.head(d1)
