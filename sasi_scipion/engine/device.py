@@ -1,0 +1,44 @@
+"""Resolve ``--device auto|cpu|cuda[:i]`` to a torch device, with clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import SasiInputError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a device option into a ``torch.device``.
+
+    ``auto`` takes the first visible CUDA GPU when there is one, else the CPU.
+    ``cuda`` / ``cuda:i`` index the GPUs visible to this process, so a queue
+    system's ``CUDA_VISIBLE_DEVICES`` is honoured.
+
+    Raises:
+        SasiInputError: an unknown spec, or CUDA asked for where none is usable.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+            raise SasiInputError(
+                f"--device {spec}: no usable CUDA GPU here (torch {torch.__version__}, "
+                f"CUDA_VISIBLE_DEVICES={visible}); use --device cpu, or install a CUDA "
+                "build of torch on a GPU machine"
+            )
+        index = int(spec.split(":")[1]) if ":" in spec and spec.split(":")[1].isdigit() else 0
+        if ":" in spec and not spec.split(":")[1].isdigit():
+            raise SasiInputError(f"--device {spec}: expected cuda:N with N a GPU index")
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise SasiInputError(
+                f"--device {spec}: only {count} GPU(s) visible; use an index below {count}"
+            )
+        return torch.device(f"cuda:{index}")
+    raise SasiInputError(f"--device {spec}: unknown device; use auto, cpu, cuda or cuda:N")

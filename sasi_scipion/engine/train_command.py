@@ -1,0 +1,109 @@
+"""``sasi train`` and ``sasi pretrain``: set up, run and save a training run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .device import resolve_device
+from .errors import SasiInputError
+from .model_file import ModelMetadata, read_model_file, save_model, sidecar_paths
+from .models import build_backbone
+from .normalize import NORMALISATION
+from .progress import ProgressLog
+from .training import SaSiTrainer, TrainingSettings
+from .training_data import common_voxel_size, load_training_data, load_unlabelled
+
+WINDOW = 24
+DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
+"""Default budget per device type: about 10 minutes on a 2-core CPU for a
+96 x 256 x 256 tomogram, and the paper's scale on a GPU."""
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix != ".pt":
+        raise SasiInputError(f"--out {path}: a model file must end in .pt")
+    return out
+
+
+def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy the tensors of ``state`` whose name and shape match; return how many."""
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(matching)
+    model.load_state_dict(own)
+    return len(matching)
+
+
+def _settings(args: argparse.Namespace, device: torch.device, **switches: object) -> TrainingSettings:
+    iterations = args.iterations or DEFAULT_ITERATIONS[device.type]
+    return TrainingSettings(iterations=iterations, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, window=WINDOW, seed=args.seed,
+                            **switches)
+
+
+def _run(model: nn.Module, trainer: SaSiTrainer, out: Path, label: str) -> list[dict]:
+    log_path = sidecar_paths(out)[1]
+    print(f"{label}: {trainer.settings.iterations} iterations on {trainer.device} "
+          f"({sum(p.numel() for p in model.parameters()):,} parameters); log: {log_path}",
+          file=sys.stderr)
+    with ProgressLog(trainer.settings.iterations, label, log_path) as progress:
+        return trainer.run(progress)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Few-shot training from labelled tomograms, optionally from a pre-trained model."""
+    out = _check_out(args.out)
+    device = resolve_device(args.device)
+    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW)
+    extra, extra_size = load_unlabelled(args.unlabelled) if args.unlabelled else ([], None)
+    voxel_size = common_voxel_size([data.voxel_size, extra_size],
+                                   ["the labelled tomograms", "the --unlabelled tomograms"])
+    arch, state = args.arch, None
+    if args.pretrained:
+        pre_meta, state = read_model_file(args.pretrained)
+        common_voxel_size([voxel_size, pre_meta.voxel_size],
+                          ["the tomograms", f"pre-trained model {args.pretrained}"])
+        if pre_meta.window != WINDOW:
+            raise SasiInputError(f"{args.pretrained}: window {pre_meta.window}, expected {WINDOW}")
+        arch = pre_meta.arch
+    ssl = args.ssl if args.ssl != "auto" else ("none" if args.pretrained else "iss")
+    settings = _settings(args, device, infill=not args.no_infill,
+                         consistency=not args.no_consistency, ssl=ssl)
+    model = build_backbone(arch, len(data.class_names) + 1)
+    if state is not None:
+        copied = _load_matching(model, state)
+        print(f"train: started from {args.pretrained} ({copied} tensors)", file=sys.stderr)
+    trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device)
+    history = _run(model, trainer, out, "train")
+    meta = ModelMetadata(arch=arch, arch_params={}, classes=data.class_names, radii=data.radii,
+                         window=WINDOW, voxel_size=voxel_size, normalisation=NORMALISATION,
+                         pretrained_only=False, iterations=settings.iterations,
+                         settings={**vars(settings), "pretrained": args.pretrained,
+                                   "labels": sum(len(t) for t in data.particles)},
+                         loss_history=history)
+    save_model(out, model, meta)
+    print(f"trained {', '.join(data.class_names)} -> {out}")
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    """SimCLR self-supervised pre-training on unlabelled tomograms."""
+    out = _check_out(args.out)
+    device = resolve_device(args.device)
+    volumes, voxel_size = load_unlabelled(args.tomogram)
+    settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
+                         ssl_fraction=1.0)
+    model = build_backbone(args.arch, 2)
+    trainer = SaSiTrainer(model, None, volumes, settings, device)
+    history = _run(model, trainer, out, "pretrain")
+    meta = ModelMetadata(arch=args.arch, arch_params={}, classes=[], radii=[], window=WINDOW,
+                         voxel_size=voxel_size, normalisation=NORMALISATION, pretrained_only=True,
+                         iterations=settings.iterations, settings=vars(settings),
+                         loss_history=history)
+    save_model(out, model, meta)
+    print(f"pre-trained {args.arch} -> {out}")

@@ -1,0 +1,92 @@
+"""MRC and coordinate I/O, masks and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from sasi_scipion.engine.atomic import atomic_output
+from sasi_scipion.engine.coordinates import (
+    ParticleTable,
+    drop_outside,
+    read_particles,
+    write_particles,
+)
+from sasi_scipion.engine.errors import SasiInputError
+from sasi_scipion.engine.masks import sphere_label_volume
+from sasi_scipion.engine.mrc_io import read_volume, write_volume
+
+
+def test_volume_round_trip_keeps_axis_order_and_voxel_size(tmp_path: Path) -> None:
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    write_volume(tmp_path / "v.mrc", data, 7.5)
+    volume = read_volume(tmp_path / "v.mrc")
+    assert volume.data.shape == (2, 3, 4)
+    np.testing.assert_array_equal(volume.data, data)
+    assert volume.voxel_size == pytest.approx(7.5)
+    with mrcfile.open(tmp_path / "v.mrc") as mrc:
+        assert (mrc.header.nx, mrc.header.ny, mrc.header.nz) == (4, 3, 2)
+
+
+def test_unknown_voxel_size_is_none(tmp_path: Path) -> None:
+    write_volume(tmp_path / "v.mrc", np.random.rand(3, 3, 3), None)
+    assert read_volume(tmp_path / "v.mrc").voxel_size is None
+
+
+def test_coordinates_round_trip_with_scores(tmp_path: Path) -> None:
+    table = ParticleTable([[1.5, 2, 3], [4, 5, 6.25]], ["ribosome", "tric"], [0.9, 0.25])
+    write_particles(tmp_path / "p.tsv", table)
+    back = read_particles(tmp_path / "p.tsv")
+    np.testing.assert_allclose(back.xyz, table.xyz)
+    assert list(back.classes) == ["ribosome", "tric"]
+    np.testing.assert_allclose(back.scores, [0.9, 0.25])
+    assert (tmp_path / "p.tsv").read_text().splitlines()[0] == "x\ty\tz\tclass\tscore"
+
+
+def test_headerless_file_is_one_class(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("1 2 3\n4 5 6\n")
+    table = read_particles(tmp_path / "p.txt", default_class="picked")
+    np.testing.assert_allclose(table.xyz, [[1, 2, 3], [4, 5, 6]])
+    assert list(table.classes) == ["picked", "picked"]
+    assert table.scores is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "holds no coordinates"),
+    ("x\ty\tz\tclass\n", "holds no coordinates"),
+    ("a\tb\tc\n1\t2\t3\n", "lacks column"),
+    ("x\ty\tz\n1\tfoo\t3\n", "cannot read numbers"),
+    ("x\ty\tz\n1\tnan\t3\n", "NaN"),
+])
+def test_bad_coordinate_files(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "p.tsv").write_text(text)
+    with pytest.raises(SasiInputError, match=message):
+        read_particles(tmp_path / "p.tsv")
+
+
+def test_drop_outside_counts_dropped(capsys: pytest.CaptureFixture[str]) -> None:
+    table = ParticleTable([[1, 1, 1], [47.6, 1, 1], [-1, 0, 0], [47.4, 39, 31]], ["a"] * 4)
+    kept = drop_outside(table, (32, 40, 48), "labels.tsv")
+    assert len(kept) == 2
+    assert "dropped 2 of 4" in capsys.readouterr().err
+
+
+def test_sphere_mask_radius_and_classes() -> None:
+    table = ParticleTable([[10, 10, 10], [25, 10, 10]], ["a", "b"])
+    labels = sphere_label_volume((20, 20, 40), table, ["a", "b"], [3.0, 2.0])
+    assert labels[10, 10, 10] == 1 and labels[10, 10, 25] == 2
+    assert labels[10, 10, 13] == 1 and labels[10, 10, 14] == 0
+    assert labels[10, 12, 25] == 2 and labels[10, 13, 25] == 0
+    assert (labels == 1).sum() == sum(
+        1 for dz in range(-3, 4) for dy in range(-3, 4) for dx in range(-3, 4)
+        if dz * dz + dy * dy + dx * dx <= 9)
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "out.tsv") as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
