@@ -15,6 +15,7 @@ from pathlib import Path
 from . import ENGINE_VERSION
 from .coordinates import read_particles, write_particles
 from .errors import SasiInputError
+from .inference import PRECISIONS
 from .metrics import evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiled (fast, default) or sliding (the paper's W / stride W/2)")
     pick.add_argument("--min-score", type=float, default=0.0,
                       help="drop particles whose mean class probability is lower")
+    pick.add_argument("--precision", choices=PRECISIONS, default="auto",
+                      help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
     _device_option(pick)
 
     ev = sub.add_parser("evaluate", help="precision, recall and F1 of picks against the truth")
@@ -151,7 +154,7 @@ def _run_pick(args: argparse.Namespace) -> None:
             log.update(done)
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              progress=report)
+                              args.precision, progress=report)
     write_particles(args.out, picks)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)

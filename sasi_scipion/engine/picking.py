@@ -51,6 +51,7 @@ def segment_tomogram(
     tomogram_path: str | os.PathLike,
     device: torch.device,
     mode: str = "tiled",
+    precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Segmentation, ModelMetadata]:
     """Segment a tomogram (argmax class and its probability per voxel)."""
@@ -62,10 +63,12 @@ def segment_tomogram(
     data = normalise(volume.data)
     del volume
     if mode == "tiled":
-        segmentation = segment_tiled(model, data, device, progress=progress)
+        segmentation = segment_tiled(model, data, device, precision=precision,
+                                     progress=progress)
     else:
         segmentation = segment_sliding(model, data, device, window=meta.window,
-                                       stride=meta.window // 2, progress=progress)
+                                       stride=meta.window // 2, precision=precision,
+                                       progress=progress)
     return segmentation, meta
 
 
@@ -75,8 +78,10 @@ def pick_tomogram(
     device: torch.device,
     mode: str = "tiled",
     min_score: float = 0.0,
+    precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram."""
-    segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, progress)
+    segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
+                                          progress)
     return extract_particles(segmentation, meta.classes, meta.radii, min_score=min_score)

@@ -40,7 +40,9 @@ def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     return len(matching)
 
 
-def _settings(args: argparse.Namespace, device: torch.device, **switches: object) -> TrainingSettings:
+def _settings(
+    args: argparse.Namespace, device: torch.device, **switches: object
+) -> TrainingSettings:
     iterations = args.iterations or DEFAULT_ITERATIONS[device.type]
     return TrainingSettings(iterations=iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, window=WINDOW, seed=args.seed,

@@ -1,0 +1,105 @@
+"""Spatial augmentations of torch batches ``(B, C, z, y, x)``.
+
+Rotations are about the z axis only (in the ``(y, x)`` plane): the paper's
+crop of sqrt(2) W before rotating implies one rotation axis, and keeping z
+fixed preserves the missing-wedge elongation along z that every real
+tomogram shows, so augmented windows stay realistic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+SPATIAL_DIMS = (-3, -2, -1)
+"""Tensor dimensions of z, y and x."""
+
+
+def context_size(window: int) -> int:
+    """Edge of the crop that stays fill-free after any rotation about z: ``ceil(sqrt(2) W)``,
+    rounded up to an even number (34 for W = 24)."""
+    size = math.ceil(math.sqrt(2.0) * window)
+    return size + size % 2
+
+
+def rotate_about_z(x: torch.Tensor, angles: torch.Tensor | np.ndarray,
+                   mode: str = "bilinear") -> torch.Tensor:
+    """Rotate each sample of ``x`` ``(B, C, z, y, x)`` in the ``(y, x)`` plane.
+
+    Args:
+        x: batch with equal y and x sizes (the rotation is about the volume centre).
+        angles: ``(B,)`` angles in radians, counter-clockwise from +x towards +y.
+        mode: ``"bilinear"`` for intensities, ``"nearest"`` for label maps.
+
+    Returns:
+        A tensor like ``x``; voxels rotated in from outside are 0.
+    """
+    angles = torch.as_tensor(angles, dtype=torch.float32, device=x.device).reshape(-1)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+    # affine_grid maps output (x, y, z) to input (x, y, z) in normalised coordinates:
+    # sampling at R(-angle) p turns the content by +angle.
+    theta = torch.stack([
+        torch.stack([cos, sin, zero, zero], dim=1),
+        torch.stack([-sin, cos, zero, zero], dim=1),
+        torch.stack([zero, zero, one, zero], dim=1),
+    ], dim=1)
+    grid = functional.affine_grid(theta, list(x.shape), align_corners=False)
+    source = x if x.is_floating_point() else x.float()
+    rotated = functional.grid_sample(source, grid, mode=mode, padding_mode="zeros",
+                                     align_corners=False)
+    return rotated if x.is_floating_point() else rotated.round().to(x.dtype)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size``-cube of the last three dimensions of ``x``."""
+    starts = [(n - size) // 2 for n in x.shape[-3:]]
+    if min(starts) < 0:
+        raise ValueError(f"cannot crop {size} from {tuple(x.shape[-3:])}")
+    z, y, w = starts
+    return x[..., z : z + size, y : y + size, w : w + size]
+
+
+def random_flips(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+    """Flip sample ``b`` of ``x`` along spatial axis ``a`` where ``flips[b, a]`` (z, y, x order)."""
+    out = x.clone()
+    for b, row in enumerate(np.asarray(flips, dtype=bool)):
+        dims = [SPATIAL_DIMS[a] for a in np.flatnonzero(row)]
+        if dims:
+            out[b] = x[b].flip(dims)
+    return out
+
+
+@dataclass(frozen=True)
+class ExactTransform:
+    """A voxel-exact spatial transform: flips along z, y, x, then ``quarter_turns``
+    rotations by 90° in the ``(y, x)`` plane. Needs equal y and x sizes when the
+    number of quarter turns is odd."""
+
+    flips: tuple[bool, bool, bool]
+    quarter_turns: int
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """Transform a tensor ``(..., z, y, x)`` with any leading dimensions."""
+        dims = [d for d, flip in zip(SPATIAL_DIMS, self.flips) if flip]
+        out = t.flip(dims) if dims else t
+        return torch.rot90(out, self.quarter_turns, dims=(-2, -1))
+
+    def inverse(self, t: torch.Tensor) -> torch.Tensor:
+        """Undo ``apply``."""
+        out = torch.rot90(t, -self.quarter_turns, dims=(-2, -1))
+        dims = [d for d, flip in zip(SPATIAL_DIMS, self.flips) if flip]
+        return out.flip(dims) if dims else out
+
+
+def random_exact_transform(rng: np.random.Generator) -> ExactTransform:
+    """A uniformly drawn non-identity ``ExactTransform``."""
+    while True:
+        flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
+        turns = int(rng.integers(0, 4))
+        if any(flips) or turns:
+            return ExactTransform(flips, turns)  # type: ignore[arg-type]

@@ -1,0 +1,228 @@
+"""Segment a whole tomogram with a trained backbone (method card item 8).
+
+Two modes:
+- ``segment_tiled`` (fast default): the fully convolutional net runs on large
+  tiles; each tile carries a margin of at least the net's receptive field on
+  every side that touches another tile, and only its core is kept. Tile
+  origins lie on the net's pooling grid (multiples of ``size_multiple``), so
+  the result equals one forward pass over the whole (zero-padded) volume up to
+  float rounding, while memory is bounded by the tile size.
+- ``segment_sliding`` (the paper's reference): windows of W with stride W/2,
+  softmax probabilities averaged where windows overlap. Every window sees its
+  own zero padding at its faces, so its answer differs slightly from the
+  tiled one near window faces; ``tests/engine/test_inference.py`` states the
+  tolerance.
+
+Volumes are normalised ``float32`` ``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from .postprocess import Segmentation
+from .sampling import grid_starts
+
+ProgressCallback = Callable[[int, int], None]
+MAX_TILE_VOXELS = {"cpu": 4_000_000, "cuda": 16_000_000}
+"""Default largest tile (input voxels, margins included) per device type. The
+DeepFinder net's peak memory is about 0.9 kB per tile voxel in float32 and
+0.5 kB in bfloat16 (measured on CPU), so a CPU tile needs 2 to 4 GB."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _use_all_cpus(device: torch.device) -> None:
+    if device.type == "cpu" and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic used for inference: ``auto`` is ``fp16`` autocast on a GPU,
+    ``bf16`` autocast on a CPU with native bfloat16 (AVX512-BF16 / AMX), else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_extents(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
+                 max_voxels: int) -> tuple[int, int, int]:
+    """Input extent of the tiles along each axis (multiples of ``multiple``).
+
+    Axes start whole (then they need no margin); the longest is shrunk by a
+    quarter until a tile holds at most ``max_voxels`` voxels, but never below
+    ``2 * margin + 8 * multiple`` so that every tile keeps a useful core.
+    """
+    extents = [_round_up(n, multiple) for n in shape_zyx]
+    smallest = 2 * margin + 8 * multiple
+    while math.prod(extents) > max_voxels:
+        axis = int(np.argmax(extents))
+        shrunk = max(smallest, (extents[axis] * 3 // 4) // multiple * multiple)
+        if shrunk >= extents[axis]:
+            break
+        extents[axis] = shrunk
+    return tuple(extents)  # type: ignore[return-value]
+
+
+def _axis_tiles(size: int, extent: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """``(input_start, input_stop, core_start, core_stop)`` along one padded axis."""
+    if extent >= size:
+        return [(0, size, 0, size)]
+    core = extent - 2 * margin
+    tiles = []
+    for start in range(0, size, core):
+        stop = min(start + core, size)
+        tiles.append((max(start - margin, 0), min(stop + margin, size), start, stop))
+    return tiles
+
+
+def plan_tiles(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
+               max_voxels: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Tiles covering a volume: ``(input slices, core slices)`` in padded volume coordinates.
+
+    The padded volume has every size rounded up to ``multiple``; cores tile it
+    without overlap; inputs extend cores by ``margin`` (a multiple of
+    ``multiple``) where they do not touch the volume's faces.
+    """
+    padded = [_round_up(n, multiple) for n in shape_zyx]
+    extents = tile_extents(shape_zyx, margin, multiple, max_voxels)
+    per_axis = [_axis_tiles(n, e, margin) for n, e in zip(padded, extents)]
+    plan = []
+    for tz in per_axis[0]:
+        for ty in per_axis[1]:
+            for tx in per_axis[2]:
+                plan.append((tuple(slice(t[0], t[1]) for t in (tz, ty, tx)),
+                             tuple(slice(t[2], t[3]) for t in (tz, ty, tx))))
+    return plan
+
+
+def _padded_crop(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
+    """``volume[region]`` with zeros where the region passes the volume's end."""
+    out = np.zeros([s.stop - s.start for s in region], dtype=np.float32)
+    inside = tuple(slice(s.start, min(s.stop, n)) for s, n in zip(region, volume.shape))
+    out[tuple(slice(0, s.stop - s.start) for s in inside)] = volume[inside]
+    return out
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    _use_all_cpus(device)
+    return model.to(device).to(memory_format=torch.channels_last_3d).eval()
+
+
+def _logits(model: nn.Module, batch: np.ndarray, device: torch.device,
+            precision: str) -> torch.Tensor:
+    """Float32 class logits of a numpy batch ``(B, 1, z, y, x)`` (channels-last 3D)."""
+    tensor = torch.from_numpy(batch).to(device).to(memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), _autocast(device, precision):
+        return model(tensor).float()
+
+
+def segment_tiled(
+    model: nn.Module,
+    volume: np.ndarray,
+    device: torch.device,
+    max_tile_voxels: int | None = None,
+    precision: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Segmentation:
+    """Segment ``volume`` with exact tiled inference (see the module docstring).
+
+    Args:
+        model: a backbone (``size_multiple`` and ``receptive_margin`` attributes).
+        volume: normalised ``(z, y, x)`` tomogram.
+        device: where the net runs.
+        max_tile_voxels: largest tile in input voxels (default per device type).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``resolve_precision``);
+            exactness against one whole-volume pass holds at the same precision.
+        progress: called with ``(tiles done, tiles in all)``.
+    """
+    model = _prepare(model, device)
+    precision = resolve_precision(precision, device)
+    multiple = model.size_multiple
+    margin = _round_up(model.receptive_margin, multiple)
+    budget = max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
+    plan = plan_tiles(volume.shape, margin, multiple, budget)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    scores = np.zeros(volume.shape, dtype=np.float16)
+    for done, (inputs, cores) in enumerate(plan, start=1):
+        tile = _padded_crop(volume, inputs)
+        probs = functional.softmax(_logits(model, tile[None, None], device, precision)[0], dim=0)
+        local = tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
+        best, label = probs[(slice(None), *local)].max(dim=0)
+        keep = tuple(slice(c.start, min(c.stop, n)) for c, n in zip(cores, volume.shape))
+        trim = tuple(slice(0, k.stop - k.start) for k in keep)
+        labels[keep] = label.cpu().numpy()[trim]
+        scores[keep] = best.cpu().numpy()[trim]
+        if progress:
+            progress(done, len(plan))
+    return Segmentation(labels, scores)
+
+
+def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[tuple[int, ...]]:
+    for z in grid_starts(shape_zyx[0], window, stride):
+        for y in grid_starts(shape_zyx[1], window, stride):
+            for x in grid_starts(shape_zyx[2], window, stride):
+                yield z, y, x
+
+
+def segment_sliding(
+    model: nn.Module,
+    volume: np.ndarray,
+    device: torch.device,
+    window: int = 24,
+    stride: int = 12,
+    batch_size: int = 32,
+    precision: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Segmentation:
+    """Segment ``volume`` the paper's way: windows of ``window`` voxels every
+    ``stride`` voxels, softmax probabilities averaged over overlapping windows.
+
+    Memory grows with the tomogram (``K + 1`` float32 probability maps); this
+    is the reference mode, not the default.
+    """
+    model = _prepare(model, device)
+    precision = resolve_precision(precision, device)
+    padded = np.zeros([max(n, window) for n in volume.shape], dtype=np.float32)
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
+    origins = list(_windows(padded.shape, window, stride))
+    totals = np.zeros((model.num_outputs, *padded.shape), dtype=np.float32)
+    counts = np.zeros(padded.shape, dtype=np.float32)
+    batches = range(0, len(origins), batch_size)
+    for done, first in enumerate(batches, start=1):
+        chunk = origins[first : first + batch_size]
+        crops = np.stack([padded[z : z + window, y : y + window, x : x + window]
+                          for z, y, x in chunk])
+        logits = _logits(model, crops[:, None], device, precision)
+        probs = functional.softmax(logits, dim=1).cpu().numpy()
+        for (z, y, x), p in zip(chunk, probs):
+            totals[:, z : z + window, y : y + window, x : x + window] += p
+            counts[z : z + window, y : y + window, x : x + window] += 1.0
+        if progress:
+            progress(done, len(batches))
+    mean = totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
+    mean /= counts[None, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
+    return Segmentation(mean.argmax(axis=0).astype(np.uint8),
+                        mean.max(axis=0).astype(np.float16))
