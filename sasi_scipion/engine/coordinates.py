@@ -79,8 +79,14 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def read_particles(path: str | os.PathLike, default_class: str = "particle") -> ParticleTable:
+def read_particles(path: str | os.PathLike, default_class: str = "particle",
+                   allow_empty: bool = False) -> ParticleTable:
     """Read a coordinate file (see the module docstring for the format).
+
+    Args:
+        path: the ``.tsv`` file.
+        default_class: class of every particle when the file has no ``class`` column.
+        allow_empty: accept a file holding only a header (picks of an empty tomogram).
 
     Raises:
         SasiInputError: missing file, bad header, non-numeric or non-finite
@@ -104,6 +110,9 @@ def read_particles(path: str | os.PathLike, default_class: str = "particle") -> 
                 "name x, y, z and optionally class and score"
             )
     if not rows:
+        if allow_empty and header is not rows:
+            return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object),
+                                 np.zeros(0) if "score" in header else None)
         raise SasiInputError(f"{path}: holds no coordinates; label at least one particle")
     col = {name: i for i, name in enumerate(header)}
     xyz, classes, scores = [], [], []

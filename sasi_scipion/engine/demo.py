@@ -56,7 +56,7 @@ def run_demo(out: str, iterations: int | None, seed: int, device_spec: str) -> f
     _sasi("pick", "--model", str(model), "--tomogram", str(data / "tomo_001.mrc"),
           "--out", str(picks), "--device", device_spec)
     result = evaluate_occupancy(
-        read_particles(picks), read_particles(data / "tomo_001.tsv"),
+        read_particles(picks, allow_empty=True), read_particles(data / "tomo_001.tsv"),
         read_volume(data / "tomo_001_occupancy.mrc", check_values=False).data.astype(np.int64),
     )
     print(result.format_table())

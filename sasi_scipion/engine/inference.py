@@ -147,7 +147,8 @@ def segment_tiled(
     precision: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> Segmentation:
-    """Segment ``volume`` with exact tiled inference (see the module docstring).
+    """Segment ``volume`` with exact tiled inference (see the module docstring); a net
+    with a ``fixed_window`` (a ViT) runs on its windows instead, as ``segment_sliding``.
 
     Args:
         model: a backbone (``size_multiple`` and ``receptive_margin`` attributes).
@@ -158,6 +159,12 @@ def segment_tiled(
             exactness against one whole-volume pass holds at the same precision.
         progress: called with ``(tiles done, tiles in all)``.
     """
+    window = getattr(model, "fixed_window", None)
+    if window:
+        # A net bound to one input size (a ViT) is not translation-equivariant:
+        # its exact whole-volume answer is the windowed one.
+        return segment_sliding(model, volume, device, window=window, stride=window // 2,
+                               precision=precision, progress=progress)
     model = _prepare(model, device)
     precision = resolve_precision(precision, device)
     multiple = model.size_multiple

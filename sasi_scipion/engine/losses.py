@@ -49,9 +49,10 @@ def dice_focal_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: flo
         logits: ``(B, K+1, z, y, x)``.
         target: int64 labels ``(B, z, y, x)`` or probabilities ``(B, K+1, z, y, x)``.
     """
+    logits = logits.float()
     if target.dtype == torch.long:
         target = functional.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3)
-    target = target.to(logits.dtype)
+    target = target.float()
     log_probs = functional.log_softmax(logits, dim=1)
     return dice_weight * dice_loss(log_probs.exp(), target) + focal_weight * focal_loss(
         log_probs, target)

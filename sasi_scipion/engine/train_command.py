@@ -20,8 +20,9 @@ from .training_data import common_voxel_size, load_training_data, load_unlabelle
 
 WINDOW = 24
 DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
-"""Default budget per device type: about 10 minutes on a 2-core CPU for a
-96 x 256 x 256 tomogram, and the paper's scale on a GPU."""
+"""Default budget per device type: about 10 minutes on a 2-core CPU (1.0 to
+1.3 s per float32 step, measured), the paper's scale (about 10k iterations)
+on a GPU."""
 
 
 def _check_out(path: str) -> Path:
@@ -46,7 +47,7 @@ def _settings(
     iterations = args.iterations or DEFAULT_ITERATIONS[device.type]
     return TrainingSettings(iterations=iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, window=WINDOW, seed=args.seed,
-                            **switches)
+                            precision=args.precision, **switches)
 
 
 def _run(model: nn.Module, trainer: SaSiTrainer, out: Path, label: str) -> list[dict]:
@@ -77,6 +78,7 @@ def run_train(args: argparse.Namespace) -> None:
     ssl = args.ssl if args.ssl != "auto" else ("none" if args.pretrained else "iss")
     settings = _settings(args, device, infill=not args.no_infill,
                          consistency=not args.no_consistency, ssl=ssl)
+    torch.manual_seed(args.seed)  # the initial weights too depend on --seed only
     model = build_backbone(arch, len(data.class_names) + 1)
     if state is not None:
         copied = _load_matching(model, state)
@@ -100,6 +102,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
     volumes, voxel_size = load_unlabelled(args.tomogram)
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
+    torch.manual_seed(args.seed)
     model = build_backbone(args.arch, 2)
     trainer = SaSiTrainer(model, None, volumes, settings, device)
     history = _run(model, trainer, out, "pretrain")

@@ -42,7 +42,10 @@ class TrainingSettings:
     Attributes:
         iterations: optimisation steps.
         batch_size: windows per supervised or SimCLR batch (paper: 16).
-        learning_rate: Adam step size.
+        learning_rate: Adam step size of supervised steps (paper: 1e-4 for
+            everything; 1e-3 learns the few labels in a CPU-sized budget).
+        ssl_learning_rate: Adam step size of SimCLR steps (paper: 1e-4; at
+            1e-3 the NT-Xent loss collapses to log(2B - 1) and stays there).
         window: window edge W in voxels (paper: 24).
         infill: use Self-augmented Volume Infill.
         infill_fraction: fraction of each supervised batch that is infilled.
@@ -55,11 +58,16 @@ class TrainingSettings:
             400 of 8000 epochs until half of training, i.e. 10).
         temperature: NT-Xent temperature (paper: 0.1).
         seed: seed of every random choice.
+        precision: ``fp32`` (default), or ``bf16`` autocast (weights and
+            optimiser stay float32): 4x faster steps on an AMX CPU, but on the
+            demo data 200 bf16 steps reached a pooled F1 of 0.60 against 0.74
+            for 200 float32 steps, so it is opt-in.
     """
 
     iterations: int
     batch_size: int = 16
     learning_rate: float = 1e-3
+    ssl_learning_rate: float = 1e-4
     window: int = 24
     infill: bool = True
     infill_fraction: float = 0.5
@@ -71,6 +79,7 @@ class TrainingSettings:
     pss_blocks: int = 10
     temperature: float = 0.1
     seed: int = 0
+    precision: str = "fp32"
 
 
 def ssl_iterations(settings: TrainingSettings) -> np.ndarray:
@@ -115,7 +124,7 @@ class SaSiTrainer:
         self.device = device
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
-        self.model = model.to(device)
+        self.model = model.to(device).to(memory_format=torch.channels_last_3d)
         self.data = data
         window = settings.window
         self.supervised = (
@@ -134,13 +143,18 @@ class SaSiTrainer:
         )
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.device, non_blocking=True)
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.to(memory_format=torch.channels_last_3d) if tensor.dim() == 5 else tensor
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.settings.precision == "bf16")
 
     def _ssl_loss(self) -> torch.Tensor:
         crops = self.unlabelled.sample(self.settings.batch_size, self.rng)
         view1, view2 = simclr_views(crops, self.settings.window, self.rng)
-        z1 = self.head(self.model.encode(self._to_device(view1)))
-        z2 = self.head(self.model.encode(self._to_device(view2)))
+        z1 = self.head(self.model.encode(self._to_device(view1))).float()
+        z2 = self.head(self.model.encode(self._to_device(view2))).float()
         return nt_xent_loss(z1, z2, self.settings.temperature)
 
     def _supervised_loss(self) -> torch.Tensor:
@@ -165,22 +179,26 @@ class SaSiTrainer:
         self.model.train()
         is_ssl = bool(self.schedule[iteration])
         terms: dict[str, torch.Tensor] = {}
-        if is_ssl:
-            terms["loss_ssl"] = self._ssl_loss()
-        else:
-            terms["loss_sup"] = self._supervised_loss()
         guided = (
             self.settings.consistency and self.data is not None
             and iteration < self.settings.iterations // 2
         )
-        if guided:
-            terms["loss_cons"] = self.settings.consistency_weight * self._consistency_loss()
+        with self._autocast():
+            if is_ssl:
+                terms["loss_ssl"] = self._ssl_loss()
+            else:
+                terms["loss_sup"] = self._supervised_loss()
+            if guided:
+                terms["loss_cons"] = self.settings.consistency_weight * self._consistency_loss()
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training diverged at iteration {iteration + 1} (loss {loss.item()}); "
                 "lower --learning-rate"
             )
+        for group in self.optimizer.param_groups:
+            group["lr"] = (self.settings.ssl_learning_rate if is_ssl
+                           else self.settings.learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,0 +1,130 @@
+"""Simulate, train on 5 labels per class, pick and evaluate: the method works.
+
+One small easy data set (procedural shapes, SNR 0.5), trained once for the
+module with every SaSi component on (ISS SimCLR, Volume Infill, consistency).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sasi_scipion.engine.cli import main
+from sasi_scipion.engine.coordinates import read_particles, write_particles
+from sasi_scipion.engine.demo import few_labels
+from sasi_scipion.engine.metrics import evaluate_distance, evaluate_occupancy
+from sasi_scipion.engine.model_file import read_model_file
+from sasi_scipion.engine.mrc_io import read_volume
+
+ITERATIONS = 160
+F1_BAR = 0.5
+"""Pooled SHREC F1 the test requires; random picks of the same number score
+below 0.05 here (see ``test_chance_level``)."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("e2e")
+    data = work / "data"
+    assert main(["simulate", str(data), "--tomograms", "2", "--shape", "48,128,128",
+                 "--seed", "1"]) == 0
+    dataset = json.loads((data / "dataset.json").read_text())
+    labels = few_labels(read_particles(data / "tomo_000.tsv"), 5, seed=0)
+    write_particles(work / "labels.tsv", labels)
+    radii = [arg for name, r in dataset["radii"].items() for arg in ("--radius", f"{name}={r}")]
+    model = work / "model.pt"
+    assert main(["train", "--tomogram", str(data / "tomo_000.mrc"),
+                 "--coords", str(work / "labels.tsv"), *radii, "--out", str(model),
+                 "--iterations", str(ITERATIONS), "--seed", "0", "--device", "cpu"]) == 0
+    return {"work": work, "data": data, "model": model}
+
+
+def _score(picks_path: Path, data: Path) -> float:
+    occupancy = read_volume(data / "tomo_001_occupancy.mrc", check_values=False).data
+    result = evaluate_occupancy(read_particles(picks_path, allow_empty=True),
+                                read_particles(data / "tomo_001.tsv"), occupancy.astype(np.int64))
+    return result.pooled.f1
+
+
+def test_few_shot_training_finds_the_particles(trained, capsys) -> None:
+    picks = trained["work"] / "picks.tsv"
+    assert main(["pick", "--model", str(trained["model"]), "--tomogram",
+                 str(trained["data"] / "tomo_001.mrc"), "--out", str(picks)]) == 0
+    table = read_particles(picks)
+    truth = read_particles(trained["data"] / "tomo_001.tsv")
+    assert 0.5 * len(truth) < len(table) < 1.5 * len(truth)
+    assert table.scores is not None and ((table.scores > 0) & (table.scores <= 1)).all()
+    f1 = _score(picks, trained["data"])
+    assert f1 > F1_BAR, f"pooled F1 {f1:.3f}"
+    capsys.readouterr()
+    assert main(["evaluate", "--picks", str(picks), "--truth",
+                 str(trained["data"] / "tomo_001.tsv"), "--occupancy",
+                 str(trained["data"] / "tomo_001_occupancy.mrc"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rule"] == "shrec2021-occupancy"
+    assert printed["pooled"]["f1"] == pytest.approx(f1)
+
+
+def test_chance_level(trained) -> None:
+    truth = read_particles(trained["data"] / "tomo_001.tsv")
+    shape = np.array([128, 128, 48])
+    rng = np.random.default_rng(0)
+    random_picks = truth.subset(np.arange(len(truth)))
+    random_picks.xyz = rng.uniform(0, 1, size=(len(truth), 3)) * shape
+    path = trained["work"] / "random.tsv"
+    write_particles(path, random_picks)
+    assert _score(path, trained["data"]) < 0.3 < F1_BAR
+
+
+def test_tiled_and_sliding_pick_the_same_particles(trained) -> None:
+    paths = {}
+    for mode in ("tiled", "sliding"):
+        paths[mode] = trained["work"] / f"picks_{mode}.tsv"
+        assert main(["pick", "--model", str(trained["model"]), "--tomogram",
+                     str(trained["data"] / "tomo_001.mrc"), "--out", str(paths[mode]),
+                     "--mode", mode, "--precision", "fp32"]) == 0
+    tiled, sliding = (read_particles(p) for p in paths.values())
+    meta, _ = read_model_file(trained["model"])
+    agreement = evaluate_distance(tiled, sliding, dict(zip(meta.classes, meta.radii)))
+    assert agreement.pooled.f1 > 0.85
+
+
+def test_model_file_records_the_run(trained, capsys) -> None:
+    meta, state = read_model_file(trained["model"])
+    assert meta.classes == ["disc", "globule", "rod"] and not meta.pretrained_only
+    assert meta.voxel_size == pytest.approx(10.0) and meta.window == 24
+    assert len(meta.loss_history) == ITERATIONS
+    phases = [row["phase"] for row in meta.loss_history]
+    assert phases[: ITERATIONS // 10] == ["ssl"] * (ITERATIONS // 10)
+    assert "loss_cons" in meta.loss_history[0] and "loss_cons" not in meta.loss_history[-1]
+    assert meta.settings["labels"] == 15
+    log = trained["model"].with_suffix(".log.jsonl")
+    assert len(log.read_text().splitlines()) == ITERATIONS
+    capsys.readouterr()
+    assert main(["info", "--model", str(trained["model"])]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == sum(
+        t.numel() for t in state.values())
+
+
+def test_seed_makes_cpu_training_reproducible(trained) -> None:
+    weights = []
+    for run in range(2):
+        out = trained["work"] / f"repro{run}.pt"
+        assert main(["train", "--tomogram", str(trained["data"] / "tomo_000.mrc"),
+                     "--coords", str(trained["work"] / "labels.tsv"), "--radius", "8",
+                     "--out", str(out), "--iterations", "4", "--batch-size", "4",
+                     "--seed", "7", "--device", "cpu"]) == 0
+        weights.append(read_model_file(out)[1])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run([Path(sys.executable).parent / "sasi", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("sasi ")
