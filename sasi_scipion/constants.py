@@ -1,0 +1,17 @@
+"""Names and defaults shared by the SaSi Scipion plugin (no pyworkflow import)."""
+
+SASI_ENV_ACTIVATION = "SASI_ENV_ACTIVATION"
+"""Plugin variable: shell command that activates a separate environment holding the
+``sasi`` command (for example ``source /opt/sasi/bin/activate``). Empty (default):
+run ``sasi`` from Scipion's own environment."""
+SASI_ENV_NAME = "sasi-engine"
+"""Name of the optional separate environment that ``defineBinaries`` can install."""
+SASI_DEFAULT_VERSION = "0.1.0"
+
+BOX_TO_RADIUS = 0.5
+"""Default particle radius from a coordinate set's box size: half the box."""
+PICKS_SUFFIX = "_picks.tsv"
+LABELS_SUFFIX = "_labels.tsv"
+
+OUTPUT_MODEL = "outputModel"
+OUTPUT_COORDINATES = "output3DCoordinates"

@@ -1,0 +1,66 @@
+"""pyworkflow objects of the SaSi plugin."""
+
+from __future__ import annotations
+
+import json
+
+import pyworkflow.object as pwobj
+from pwem.objects import EMObject
+
+
+class SaSiModel(EMObject):
+    """A trained (or only pre-trained) SaSi network: the ``.pt`` model file and what
+    picking needs to know about it. Radii are in voxels of the tomograms it was
+    trained on (``voxelSize`` Å per voxel)."""
+
+    def __init__(self, path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._path = pwobj.String(path)
+        self._classNames = pwobj.String("[]")
+        self._radii = pwobj.String("[]")
+        self._voxelSize = pwobj.Float()
+        self._window = pwobj.Integer(24)
+        self._arch = pwobj.String("deepfinder")
+        self._pretrainedOnly = pwobj.Boolean(False)
+
+    def getPath(self) -> str:
+        """Path of the ``.pt`` model file."""
+        return self._path.get()
+
+    def setPath(self, path: str) -> None:
+        self._path.set(path)
+
+    def getClassNames(self) -> list[str]:
+        return json.loads(self._classNames.get() or "[]")
+
+    def getRadii(self) -> list[float]:
+        """Particle radius per class, voxels."""
+        return json.loads(self._radii.get() or "[]")
+
+    def getVoxelSize(self) -> float | None:
+        """Å per voxel of the training tomograms."""
+        return self._voxelSize.get()
+
+    def getWindow(self) -> int:
+        return self._window.get()
+
+    def getArch(self) -> str:
+        return self._arch.get()
+
+    def isPretrainedOnly(self) -> bool:
+        return bool(self._pretrainedOnly.get())
+
+    def setFromMetadata(self, card: dict) -> None:
+        """Fill from the model file's JSON side-car (``M.json`` beside ``M.pt``)."""
+        self._classNames.set(json.dumps(card["classes"]))
+        self._radii.set(json.dumps(card["radii"]))
+        self._voxelSize.set(card.get("voxel_size"))
+        self._window.set(card["window"])
+        self._arch.set(card["arch"])
+        self._pretrainedOnly.set(card["pretrained_only"])
+
+    def __str__(self) -> str:
+        if self.isPretrainedOnly():
+            return f"SaSiModel (pre-trained {self.getArch()}, {self.getVoxelSize()} Å/px)"
+        return (f"SaSiModel ({self.getArch()}: {', '.join(self.getClassNames())}; "
+                f"{self.getVoxelSize()} Å/px)")

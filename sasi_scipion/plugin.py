@@ -1,0 +1,70 @@
+"""The Scipion ``Plugin`` of SaSi: variables, the ``sasi`` command, optional binaries."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import pwem
+import pyworkflow.utils as pwutils
+
+from .constants import SASI_DEFAULT_VERSION, SASI_ENV_ACTIVATION, SASI_ENV_NAME
+
+__version__ = SASI_DEFAULT_VERSION
+_references = ["Adethya2025"]
+_logo = ""
+
+
+class Plugin(pwem.Plugin):
+    """SaSi few-shot particle picking for cryo-ET (few labels, self-augmented,
+    self-interpreted). The heavy work runs as ``sasi`` command lines."""
+
+    _url = "https://github.com/sasi-scipion/sasi-scipion"
+    _processingField = ["TOMO"]
+
+    @classmethod
+    def _defineVariables(cls) -> None:
+        cls._defineVar(
+            SASI_ENV_ACTIVATION, "",
+            description="Shell command activating a separate environment that holds the "
+                        "'sasi' command (e.g. 'source /opt/sasi/bin/activate' or "
+                        "'conda activate sasi'). Empty: use Scipion's own environment.")
+
+    @classmethod
+    def getEnviron(cls) -> pwutils.Environ:
+        """Environment of ``sasi`` jobs: Scipion's, with unbuffered Python output so
+        progress reaches the protocol log as it happens."""
+        environ = pwutils.Environ(os.environ)
+        environ["PYTHONUNBUFFERED"] = "1"
+        return environ
+
+    @classmethod
+    def getSasiProgram(cls) -> str:
+        """The program part of a ``runJob`` call: ``sasi`` of this environment, or
+        ``<activation> && sasi`` when ``SASI_ENV_ACTIVATION`` is set."""
+        activation = (cls.getVar(SASI_ENV_ACTIVATION) or "").strip()
+        if activation:
+            return f"{activation} && sasi"
+        local = os.path.join(os.path.dirname(sys.executable), "sasi")
+        return shlex.quote(local) if os.path.exists(local) else "sasi"
+
+    @classmethod
+    def defineBinaries(cls, env) -> None:
+        """``scipion3 installb sasi-engine``: a separate virtual environment with the
+        engine (numpy, torch, mrcfile, cc3d) for sites that keep Scipion's Python lean.
+        Point ``SASI_ENV_ACTIVATION`` at its ``bin/activate`` afterwards."""
+        home = os.path.join(env.getEmFolder(), f"{SASI_ENV_NAME}-{SASI_DEFAULT_VERSION}")
+        commands = [
+            (f"{sys.executable} -m venv {home} && {home}/bin/pip install "
+             f"'sasi-scipion=={SASI_DEFAULT_VERSION}' && touch {home}/installed",
+             [f"{home}/installed"]),
+        ]
+        env.addPackage(SASI_ENV_NAME, version=SASI_DEFAULT_VERSION, tar="void.tgz",
+                       commands=commands, neededProgs=[], default=False)
+
+
+# pyworkflow locates a plugin's folder through the module of its Plugin class
+# (``sys.modules[Plugin.__module__].__path__``): report the package, from which
+# ``sasi_scipion.Plugin`` is imported, rather than this module.
+Plugin.__module__ = __package__

@@ -1,0 +1,81 @@
+"""Self-supervised (SimCLR) pre-training on unlabelled tomograms."""
+
+from __future__ import annotations
+
+import pyworkflow.protocol.params as params
+from pyworkflow.object import String
+from tomo.objects import SetOfTomograms
+
+from ..constants import OUTPUT_MODEL
+from ..engine.models import BACKBONES
+from ..objects import SaSiModel
+from .protocol_base import ProtSaSiBase, tomogram_path
+
+
+class ProtSaSiPretrain(ProtSaSiBase):
+    """SaSi self-supervised pre-training: learns features of unlabelled tomograms with
+    SimCLR (two augmented views of each sliding-grid window, NT-Xent loss). Feed the
+    result to 'sasi - train' as its pre-trained model."""
+
+    _label = "pretrain"
+    _possibleOutputs = {OUTPUT_MODEL: SaSiModel}
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.modelPath = String()
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label="Input")
+        form.addParam("inputTomograms", params.PointerParam, pointerClass=SetOfTomograms,
+                      label="Tomograms", important=True,
+                      help="Unlabelled tomograms, all at one sampling rate, like those you "
+                           "will pick.")
+        form.addParam("arch", params.EnumParam, choices=list(BACKBONES), default=0,
+                      label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
+        form.addParam("iterations", params.IntParam, default=0, label="Iterations",
+                      help="Optimisation steps; 0 = the engine's default (600 on a CPU, "
+                           "10000 on a GPU).")
+        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Random seed", help="Same seed, same CPU result.")
+        self._addGpuParams(form)
+
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.pretrainStep)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+
+    def pretrainStep(self) -> None:
+        out = self._getExtraPath("pretrained.pt")
+        args = ["pretrain", "--out", out, "--arch", list(BACKBONES)[self.arch.get()],
+                "--seed", str(self.seed.get())]
+        for tomo in self.inputTomograms.get().iterItems():
+            args += ["--tomogram", tomogram_path(tomo)]
+        if self.iterations.get() > 0:
+            args += ["--iterations", str(self.iterations.get())]
+        self.runSasi(args)
+        self.modelPath.set(out)
+        self._store(self.modelPath)
+
+    def createOutputStep(self) -> None:
+        model = self._modelFromFile(self.modelPath.get())
+        self._defineOutputs(**{OUTPUT_MODEL: model})
+        self._defineSourceRelation(self.inputTomograms, model)
+
+    def _validate(self) -> list[str]:
+        errors = []
+        tomograms = self.inputTomograms.get()
+        if tomograms is None or tomograms.getSize() == 0:
+            errors.append("The input set holds no tomogram: choose a set with tomograms.")
+        if self.iterations.get() < 0:
+            errors.append("Iterations must be 0 (default) or more.")
+        return errors
+
+    def _summary(self) -> list[str]:
+        if not hasattr(self, OUTPUT_MODEL):
+            return ["Pre-training not finished yet."]
+        model = getattr(self, OUTPUT_MODEL)
+        return [f"Pre-trained {model.getArch()} on {self.inputTomograms.get().getSize()} "
+                f"tomogram(s) at {model.getVoxelSize():.2f} Å/px: {model.getPath()}"]
+
+    def _methods(self) -> list[str]:
+        return [f"A {list(BACKBONES)[self.arch.get()]} network was pre-trained with SimCLR on "
+                f"unlabelled tomograms as in SaSi [Adethya2025]."]

@@ -1,0 +1,5 @@
+"""SaSi viewers."""
+
+from .viewers import SaSiEvaluationViewer, SaSiPicksViewer, SaSiTrainingViewer
+
+__all__ = ["SaSiEvaluationViewer", "SaSiPicksViewer", "SaSiTrainingViewer"]
