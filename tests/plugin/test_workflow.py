@@ -158,6 +158,15 @@ def test_pick_validation(workflow) -> None:
     assert "between 0 and 1" in " ".join(pick.validate())
 
 
+def test_pretrain_validation(workflow) -> None:
+    from sasi_scipion.protocols import ProtSaSiPretrain
+
+    _, pretrain = _new(workflow, ProtSaSiPretrain, iterations=-3)
+    pretrain.inputTomograms.set(workflow.protocols["import_tomograms"])
+    pretrain.inputTomograms.setExtended("Tomograms")
+    assert "0 (default) or more" in " ".join(pretrain.validate())
+
+
 def test_evaluate_validation(workflow) -> None:
     from sasi_scipion.protocols import ProtSaSiEvaluate
 

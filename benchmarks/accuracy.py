@@ -1,0 +1,176 @@
+"""Few-shot accuracy on SHREC-2021-like tomograms: SaSi's components row by row.
+
+Builds a data set with the engine's simulator from the SHREC 2021 density maps
+(``../shared/templates/shrec21_10A``; 4V94 is an unscored distractor), one
+training tomogram and ``--test-tomograms`` test tomograms, then for each N
+(labels per class, drawn from the training tomogram with a fixed seed) and
+each seed scores on the test tomograms (SHREC 2021 occupancy rule):
+
+- ``blob``: a non-learned baseline: Gaussian-smoothed dark blobs (local minima
+  below mean - 2 sd), class-agnostic (pooled F1 only);
+- ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
+- ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
+- ``sasi``: everything (the engine's defaults).
+
+Every learned row gets the same number of iterations. Results go to a JSON
+file; ``RESULTS.md`` quotes them.
+
+Usage: python benchmarks/accuracy.py --profile quick|full --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
+from sasi_scipion.engine.demo import few_labels
+from sasi_scipion.engine.metrics import Scores, evaluate_occupancy
+from sasi_scipion.engine.mrc_io import read_volume
+from sasi_scipion.engine.normalize import normalise
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates" / "shrec21_10A"
+SIZE_GROUPS = {"small": ["1S3X", "3QM1", "3GL1", "3H84", "2CG9"],
+               "medium": ["3D2F", "1U6G", "3CF3", "1BXN", "1QVR"],
+               "large": ["4CR2", "5MRC"]}
+PROFILES = {
+    "quick": {"classes": ["1S3X", "1U6G", "4CR2", "4V94"], "shape": "64,160,160",
+              "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 200, "snr": 0.2},
+    "full": {"classes": None, "shape": "96,256,256", "test_tomograms": 2, "labels": [3, 5, 10],
+             "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1},
+}
+ROWS = {
+    "plain": ["--ssl", "none", "--no-infill", "--no-consistency"],
+    "+infill": ["--ssl", "none", "--no-consistency"],
+    "+consistency": ["--ssl", "none", "--no-infill"],
+    "+iss": ["--ssl", "iss", "--no-infill", "--no-consistency"],
+    "sasi": [],
+}
+
+
+def _sasi(*args: str) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "sasi"), *args], check=True,
+                   stderr=subprocess.DEVNULL)
+
+
+def blob_picks(volume: np.ndarray, radius: float) -> ParticleTable:
+    """Dark blobs: local minima of a Gaussian-smoothed volume below mean - 2 sd."""
+    sigma = max(radius / 2, 1.0)
+    half = int(3 * sigma)
+    axis = torch.arange(-half, half + 1, dtype=torch.float32)
+    kernel = torch.exp(-(axis**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    x = torch.from_numpy(normalise(volume))[None, None]
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = len(axis)
+        padding = [0, 0, 0]
+        padding[dim] = half
+        x = functional.conv3d(x, kernel.reshape(shape), padding=padding)
+    smooth = -x[0, 0]
+    size = int(2 * radius) | 1
+    peaks = smooth == functional.max_pool3d(smooth[None, None], size, 1, size // 2)[0, 0]
+    peaks &= smooth > smooth.mean() + 2 * smooth.std()
+    zyx = peaks.nonzero().numpy().astype(float)
+    return ParticleTable(zyx[:, ::-1], np.array(["blob"] * len(zyx), dtype=object))
+
+
+def _score(picks: ParticleTable, data: Path, names: list[str], unscored: list[str]) -> dict:
+    pooled, per_class = Scores(), {}
+    for name in names:
+        truth = read_particles(data / f"{name}.tsv")
+        occupancy = read_volume(data / f"{name}_occupancy.mrc", check_values=False).data
+        result = evaluate_occupancy(picks[name] if isinstance(picks, dict) else picks, truth,
+                                    occupancy.astype(np.int64), unscored=unscored)
+        for total, part in [(pooled, result.pooled)] + [
+                (per_class.setdefault(c, Scores()), s) for c, s in result.per_class.items()]:
+            total.tp, total.fp, total.fn = (total.tp + part.tp, total.fp + part.fp,
+                                            total.fn + part.fn)
+    groups = {}
+    for group, members in SIZE_GROUPS.items():
+        counts = [per_class[c] for c in members if c in per_class]
+        if counts:
+            s = Scores(sum(c.tp for c in counts), sum(c.fp for c in counts),
+                       sum(c.fn for c in counts))
+            groups[group] = round(s.f1, 3)
+    return {"pooled_f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
+            "recall": round(pooled.recall, 3), "size_groups": groups}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--rows", nargs="+", default=["blob", *ROWS])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    work = Path(tempfile.mkdtemp(prefix="sasi-accuracy-"))
+    maps = work / "maps"
+    maps.mkdir()
+    for path in TEMPLATES.glob("*.mrc"):
+        if profile["classes"] is None or path.stem.upper() in profile["classes"]:
+            shutil.copy(path, maps / path.name)
+    data = work / "data"
+    start = time.perf_counter()
+    _sasi("simulate", str(data), "--tomograms", str(1 + profile["test_tomograms"]),
+          "--shape", profile["shape"], "--seed", "0", "--templates", str(maps),
+          "--snr", str(profile["snr"]))
+    dataset = json.loads((data / "dataset.json").read_text())
+    tests = dataset["tomograms"][1:]
+    radii = dataset["radii"]
+    results = []
+    if "blob" in args.rows:
+        radius = float(np.median(list(radii.values())))
+        picks = {name: blob_picks(read_volume(data / f"{name}.mrc").data, radius)
+                 for name in tests}
+        results.append({"row": "blob", "labels": None, "seed": None,
+                        **_score(picks, data, tests, dataset["unscored"])})
+        print(results[-1], file=sys.stderr)
+    truth = read_particles(data / "tomo_000.tsv")
+    truth = truth.subset(np.isin(truth.classes, [c for c in truth.class_names
+                                                 if c not in dataset["unscored"]]))
+    for n in profile["labels"]:
+        for seed in profile["seeds"]:
+            labels = work / f"labels_{n}_{seed}.tsv"
+            write_particles(labels, few_labels(truth, n, seed))
+            for row in [r for r in args.rows if r in ROWS]:
+                model = work / f"{row}_{n}_{seed}.pt"
+                began = time.perf_counter()
+                _sasi("train", "--tomogram", str(data / "tomo_000.mrc"), "--coords", str(labels),
+                      *[a for c, r in radii.items() if c not in dataset["unscored"]
+                        for a in ("--radius", f"{c}={r}")],
+                      "--out", str(model), "--iterations", str(profile["iterations"]),
+                      "--seed", str(seed), "--device", "cpu", *ROWS[row])
+                train_s = time.perf_counter() - began
+                picks = {}
+                for name in tests:
+                    out = work / f"{row}_{n}_{seed}_{name}.tsv"
+                    _sasi("pick", "--model", str(model), "--tomogram", str(data / f"{name}.mrc"),
+                          "--out", str(out), "--device", "cpu")
+                    picks[name] = read_particles(out, allow_empty=True)
+                results.append({"row": row, "labels": n, "seed": seed,
+                                "train_s": round(train_s),
+                                **_score(picks, data, tests, dataset["unscored"])})
+                print(results[-1], file=sys.stderr)
+    report = {"profile": args.profile, "settings": profile, "radii": radii,
+              "hardware": f"{platform.processor() or platform.machine()}, "
+                          f"{torch.get_num_threads()} threads",
+              "torch": torch.__version__, "wall_s": round(time.perf_counter() - start),
+              "results": results}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
