@@ -10,9 +10,13 @@ from torch import nn
 
 from ..errors import SasiInputError
 from .deepfinder import DeepFinderUNet
+from .resunet import ResUNet
+from .vit import ViT3D
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "deepfinder": DeepFinderUNet,
+    "resunet": ResUNet,
+    "vit": ViT3D,
 }
 
 

@@ -43,6 +43,7 @@ class DeepFinderUNet(nn.Module):
     receptive_margin = 30
     embedding_channels = 64
     embedding_stride = 4
+    fixed_window: int | None = None
 
     def __init__(self, num_outputs: int, width: int = 32) -> None:
         super().__init__()
