@@ -10,7 +10,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   below mean - 2 sd), class-agnostic (pooled F1 only);
 - ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
 - ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
-- ``sasi``: everything (the engine's defaults).
+- ``sasi``: everything (the engine's defaults);
+- ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
 file; ``RESULTS.md`` quotes them.
@@ -46,7 +47,7 @@ SIZE_GROUPS = {"small": ["1S3X", "3QM1", "3GL1", "3H84", "2CG9"],
                "large": ["4CR2", "5MRC"]}
 PROFILES = {
     "quick": {"classes": ["1S3X", "1U6G", "4CR2", "4V94"], "shape": "64,160,160",
-              "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 200, "snr": 0.2},
+              "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 150, "snr": 0.2},
     "full": {"classes": None, "shape": "96,256,256", "test_tomograms": 2, "labels": [3, 5, 10],
              "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1},
 }
@@ -56,6 +57,8 @@ ROWS = {
     "+consistency": ["--ssl", "none", "--no-infill"],
     "+iss": ["--ssl", "iss", "--no-infill", "--no-consistency"],
     "sasi": [],
+    "sasi-resunet": ["--arch", "resunet"],
+    "sasi-vit": ["--arch", "vit"],
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from report import write_report
 
 MODES = {"tiled": ("tiled", "auto"), "tiled-fp32": ("tiled", "fp32"),
          "sliding": ("sliding", "fp32")}
@@ -67,13 +67,7 @@ def main() -> None:
         for r in rows:
             if r["shape_zyx"] == tiled["shape_zyx"]:
                 r["speed_vs_tiled"] = round(r["voxels_per_s"] / tiled["voxels_per_s"], 3)
-    report = {"cpu": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+    write_report(rows, args.out)
 
 
 if __name__ == "__main__":

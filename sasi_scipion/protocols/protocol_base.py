@@ -3,6 +3,7 @@ turning its failures into readable protocol errors."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shlex
@@ -48,7 +49,8 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
 
     def _program(self) -> str:
         program = Plugin.getSasiProgram()
-        if not self.useGpu.get():
+        if not self.useGpu.get() or self.useQueue():
+            # Under a queue the scheduler assigns the GPUs and sets CUDA_VISIBLE_DEVICES.
             return program
         # pyworkflow replaces %(GPU)s in the program with the comma-separated GPU ids.
         parts = program.rsplit("&& ", 1)
@@ -69,9 +71,13 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
             raise SaSiError(self._failureReason(args[0]) or str(error)) from error
 
     def _failureReason(self, command: str) -> str | None:
-        """The last ``sasi: error:`` line of this run's logs (stdout and stderr)."""
+        """The last ``sasi: error:`` line of this run's logs: run.stdout / run.stderr, and
+        the ``.out`` / ``.err`` files of queued jobs (where a queue writes their output)."""
         reason = None
-        for path in self.getLogPaths():
+        queued = sorted(glob.glob(os.path.join(self._getLogsPath(), "*.out"))
+                        + glob.glob(os.path.join(self._getLogsPath(), "*.err")),
+                        key=os.path.getmtime)
+        for path in [*self.getLogPaths(), *queued]:
             if os.path.exists(path):
                 with open(path, errors="replace") as handle:
                     for line in handle:

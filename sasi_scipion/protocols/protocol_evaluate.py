@@ -13,7 +13,7 @@ from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid
 from ..engine.coordinates import ParticleTable
 from ..engine.metrics import Evaluation, Scores, evaluate_distance
 from .protocol_base import ProtSaSiBase
-from .protocol_train import set_label
+from .protocol_train import classes_of_sets
 
 
 class ProtSaSiEvaluate(ProtSaSiBase):
@@ -47,16 +47,9 @@ class ProtSaSiEvaluate(ProtSaSiBase):
         self._insertFunctionStep(self.evaluateStep, needsGPU=False)
 
     def _referenceClasses(self) -> list[tuple[SetOfCoordinates3D, int | None, str]]:
-        classes = []
-        for index, pointer in enumerate(self.referenceCoordinates):
-            coords = pointer.get()
-            label = set_label(pointer, f"reference{index + 1}")
-            groups = sorted(int(g) for g in coords.getUniqueValues("_groupId"))
-            if len(groups) > 1:
-                classes += [(coords, g, f"{label}_{g}") for g in groups]
-            else:
-                classes.append((coords, None, label))
-        return classes
+        sets = [pointer.get() for pointer in self.referenceCoordinates]
+        return [(sets[i], group, name)
+                for i, group, name in classes_of_sets(self.referenceCoordinates, "reference")]
 
     def evaluateStep(self) -> None:
         picks = self.inputCoordinates.get()

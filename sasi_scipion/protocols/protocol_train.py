@@ -34,6 +34,22 @@ def set_label(pointer, fallback: str) -> str:
     return _clean_name(label or fallback)
 
 
+def classes_of_sets(pointers, prefix: str) -> list[tuple[int, int | None, str]]:
+    """``(set index, group id or None, class name)`` per class of coordinate sets: one
+    class per group id for a set with several, else one per set named after it."""
+    plan = []
+    for index, pointer in enumerate(pointers):
+        label = set_label(pointer, f"{prefix}{index + 1}")
+        coords = pointer.get()
+        groups = sorted(int(g) for g in coords.getUniqueValues("_groupId")) \
+            if coords.getSize() else []
+        if len(groups) > 1:
+            plan += [(index, g, f"{label}_{g}") for g in groups]
+        else:
+            plan.append((index, None, label))
+    return plan
+
+
 class ProtSaSiTrain(ProtSaSiBase):
     """SaSi few-shot training: learns to segment particles from 3 to 10 labelled
     particles per class, with Self-augmented Volume Infill, self-interpreted
@@ -109,15 +125,7 @@ class ProtSaSiTrain(ProtSaSiBase):
 
     def classPlan(self) -> list[tuple[int, int | None, str]]:
         """``(set index, group id or None, class name)`` per class, in class order."""
-        plan = []
-        for index, pointer in enumerate(self.inputCoordinates):
-            coords = pointer.get()
-            label = set_label(pointer, f"set{index + 1}")
-            groups = sorted(int(g) for g in coords.getUniqueValues("_groupId"))
-            if len(groups) > 1:
-                plan += [(index, g, f"{label}_{g}") for g in groups]
-            else:
-                plan.append((index, None, label))
+        plan = classes_of_sets(self.inputCoordinates, "set")
         names = [n.strip() for n in self.classNames.get().split(",")] \
             if self.classNames.get().strip() else []
         if len(names) == len(plan):
