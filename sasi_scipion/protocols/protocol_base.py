@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
+from pyworkflow.object import String
 from tomo.protocols import ProtTomoBase
 
 from .. import Plugin
+from ..constants import OUTPUT_MODEL
 from ..objects import SaSiModel
 
 ERROR_PREFIX = "sasi: error: "
@@ -85,13 +87,33 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
                             reason = line.split(ERROR_PREFIX, 1)[1].strip()
         return f"sasi {command} failed: {reason}" if reason else None
 
-    def _modelFromFile(self, path: str) -> SaSiModel:
-        """A ``SaSiModel`` for a model file written by ``sasi train`` or ``pretrain``."""
+    def _citations(self) -> list[str]:
+        return ["Adethya2025"]
+
+
+class ProtSaSiModelBase(ProtSaSiBase):
+    """Base class of the protocols that write a model file (pretrain, train)."""
+
+    _label = None
+    _possibleOutputs = {OUTPUT_MODEL: SaSiModel}
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.modelPath = String()
+
+    def runTraining(self, arguments: Sequence[str], out: str) -> None:
+        """Run ``sasi ARGUMENTS`` that writes the model file ``out``; remember ``out``."""
+        self.runSasi(arguments)
+        self.modelPath.set(out)
+        self._store(self.modelPath)
+
+    def defineModelOutput(self, sources: Sequence) -> None:
+        """``outputModel`` from the model file's JSON side-car, derived from ``sources``."""
+        path = self.modelPath.get()
         with open(os.path.splitext(path)[0] + ".json") as handle:
             card = json.load(handle)
         model = SaSiModel(path=path)
         model.setFromMetadata(card)
-        return model
-
-    def _citations(self) -> list[str]:
-        return ["Adethya2025"]
+        self._defineOutputs(**{OUTPUT_MODEL: model})
+        for source in sources:
+            self._defineSourceRelation(source, model)

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import pyworkflow.protocol.params as params
-from pyworkflow.object import String
 from tomo.objects import SetOfTomograms
 
 from ..constants import OUTPUT_MODEL
 from ..engine.models import BACKBONES
-from ..objects import SaSiModel
-from .protocol_base import ProtSaSiBase, tomogram_path
+from .protocol_base import ProtSaSiModelBase, tomogram_path
 
 
-class ProtSaSiPretrain(ProtSaSiBase):
+class ProtSaSiPretrain(ProtSaSiModelBase):
     """SaSi self-supervised pre-training: learns features of unlabelled tomograms with
     SimCLR (two augmented views of each sliding-grid window, NT-Xent loss). Feed the
     result to 'sasi - train' as its pre-trained model."""
 
     _label = "pretrain"
-    _possibleOutputs = {OUTPUT_MODEL: SaSiModel}
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.modelPath = String()
 
     def _defineParams(self, form) -> None:
         form.addSection(label="Input")
@@ -51,14 +44,10 @@ class ProtSaSiPretrain(ProtSaSiBase):
             args += ["--tomogram", tomogram_path(tomo)]
         if self.iterations.get() > 0:
             args += ["--iterations", str(self.iterations.get())]
-        self.runSasi(args)
-        self.modelPath.set(out)
-        self._store(self.modelPath)
+        self.runTraining(args, out)
 
     def createOutputStep(self) -> None:
-        model = self._modelFromFile(self.modelPath.get())
-        self._defineOutputs(**{OUTPUT_MODEL: model})
-        self._defineSourceRelation(self.inputTomograms, model)
+        self.defineModelOutput([self.inputTomograms])
 
     def _validate(self) -> list[str]:
         errors = []

@@ -6,7 +6,6 @@ import os
 import re
 
 import pyworkflow.protocol.params as params
-from pyworkflow.object import String
 from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
@@ -14,7 +13,7 @@ from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, wri
 from ..engine.coordinates import ParticleTable
 from ..engine.models import BACKBONES
 from ..objects import SaSiModel
-from .protocol_base import ProtSaSiBase, tomogram_path
+from .protocol_base import ProtSaSiModelBase, tomogram_path
 
 SSL_CHOICES = ["auto", "iss", "pss", "none"]
 VOXEL_SIZE_TOLERANCE = 0.01
@@ -50,7 +49,7 @@ def classes_of_sets(pointers, prefix: str) -> list[tuple[int, int | None, str]]:
     return plan
 
 
-class ProtSaSiTrain(ProtSaSiBase):
+class ProtSaSiTrain(ProtSaSiModelBase):
     """SaSi few-shot training: learns to segment particles from 3 to 10 labelled
     particles per class, with Self-augmented Volume Infill, self-interpreted
     consistency guidance and SimCLR self-supervision on the same tomograms.
@@ -60,11 +59,6 @@ class ProtSaSiTrain(ProtSaSiBase):
     (change the names with 'Class names')."""
 
     _label = "train"
-    _possibleOutputs = {OUTPUT_MODEL: SaSiModel}
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.modelPath = String()
 
     # --------------------------------------------------------------- form
     def _defineParams(self, form) -> None:
@@ -195,15 +189,10 @@ class ProtSaSiTrain(ProtSaSiBase):
             args.append("--no-infill")
         if not self.consistency.get():
             args.append("--no-consistency")
-        self.runSasi(args)
-        self.modelPath.set(out)
-        self._store(self.modelPath)
+        self.runTraining(args, out)
 
     def createOutputStep(self) -> None:
-        model = self._modelFromFile(self.modelPath.get())
-        self._defineOutputs(**{OUTPUT_MODEL: model})
-        for pointer in self.inputCoordinates:
-            self._defineSourceRelation(pointer, model)
+        self.defineModelOutput(list(self.inputCoordinates))
 
     # ---------------------------------------------------------- checks
     def _validate(self) -> list[str]:
