@@ -40,6 +40,8 @@ class PngView(View):
 
 
 class _PngViewer(Viewer):
+    """Base of the SaSi viewers: each subclass defines ``pngs(obj) -> PNG paths``."""
+
     _environments = [DESKTOP_TKINTER]
 
     def _visualize(self, obj, **kwargs) -> list[View]:
@@ -48,9 +50,6 @@ class _PngViewer(Viewer):
     def _png(self, name: str) -> str:
         os.makedirs(self._getTmpPath(), exist_ok=True)
         return self._getTmpPath(name)
-
-    def pngs(self, obj) -> list[str]:
-        raise NotImplementedError
 
 
 class SaSiTrainingViewer(_PngViewer):
