@@ -14,16 +14,25 @@ from torch.nn import functional
 
 EPSILON = 1e-6
 
+SumAcross = Callable[[torch.Tensor], torch.Tensor]
+"""Adds a tensor over the processes of a data-parallel run (identity when alone)."""
 
-def dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+
+def _alone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor,
+              sum_across: SumAcross = _alone) -> torch.Tensor:
     """Multi-class soft Dice loss ``1 - mean_c (2 Σ p q + ε) / (Σ p² + Σ q² + ε)``.
 
-    Sums run over the batch and all voxels, the mean over every class
-    (background included); zero when ``probs == target``.
+    Sums run over the batch and all voxels (and, through ``sum_across``, over the
+    shares of a data-parallel batch), the mean over every class (background
+    included); zero when ``probs == target``.
     """
     dims = (0, *range(2, probs.dim()))
-    overlap = (probs * target).sum(dims)
-    total = (probs * probs).sum(dims) + (target * target).sum(dims)
+    overlap = sum_across((probs * target).sum(dims))
+    total = sum_across((probs * probs).sum(dims) + (target * target).sum(dims))
     return 1.0 - ((2.0 * overlap + EPSILON) / (total + EPSILON)).mean()
 
 
@@ -42,19 +51,20 @@ def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0
 
 
 def dice_focal_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 20.0,
-                    focal_weight: float = 1.0) -> torch.Tensor:
+                    focal_weight: float = 1.0, sum_across: SumAcross = _alone) -> torch.Tensor:
     """The supervised loss ``20 · Dice + 1 · Focal`` (method card item 4).
 
     Args:
         logits: ``(B, K+1, z, y, x)``.
         target: int64 labels ``(B, z, y, x)`` or probabilities ``(B, K+1, z, y, x)``.
+        sum_across: see :func:`dice_loss`.
     """
     logits = logits.float()
     if target.dtype == torch.long:
         target = functional.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3)
     target = target.float()
     log_probs = functional.log_softmax(logits, dim=1)
-    return dice_weight * dice_loss(log_probs.exp(), target) + focal_weight * focal_loss(
+    return dice_weight * dice_loss(log_probs.exp(), target, sum_across) + focal_weight * focal_loss(
         log_probs, target)
 
 
@@ -74,7 +84,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
 
 
 def consistency_loss(model: nn.Module, x: torch.Tensor,
-                     transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                     transform: Callable[[torch.Tensor], torch.Tensor],
+                     sum_across: SumAcross = _alone) -> torch.Tensor:
     """Self-interpreted consistency guidance (method card item 7).
 
     ``m = softmax(f(x))`` is a soft, detached target (the paper leaves both
@@ -83,7 +94,7 @@ def consistency_loss(model: nn.Module, x: torch.Tensor,
     """
     with torch.no_grad():
         target = functional.softmax(model(x), dim=1)
-    return dice_focal_loss(model(transform(x)), transform(target))
+    return dice_focal_loss(model(transform(x)), transform(target), sum_across=sum_across)
 
 
 class ProjectionHead(nn.Module):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .device import resolve_device
+from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
 from .model_file import ModelMetadata, read_model_file, save_model, sidecar_paths
 from .models import build_backbone
@@ -50,9 +54,33 @@ def _settings(
                             precision=args.precision, **switches)
 
 
+@contextlib.contextmanager
+def _placement(args: argparse.Namespace) -> Iterator[tuple[torch.device, Replica]]:
+    """The device and replica of this process: alone, or one of ``--processes``
+    processes that ``torchrun`` started (then on GPU ``LOCAL_RANK`` with cuda)."""
+    device = resolve_device(args.device)
+    if not in_worker():
+        yield device, ALONE
+        return
+    replica, local_rank = join_process_group(device.type)
+    try:
+        if replica.world_size != args.processes:
+            raise SasiInputError(f"torchrun started {replica.world_size} processes but "
+                                 f"--processes is {args.processes}: give the same number")
+        yield (torch.device(f"cuda:{local_rank}") if device.type == "cuda" else device), replica
+    finally:
+        leave_process_group()
+
+
 def _run(model: nn.Module, trainer: SaSiTrainer, out: Path, label: str) -> list[dict]:
+    """Train with progress on stderr and in the log side-car (rank 0 only)."""
+    if not trainer.replica.is_main:
+        with open(os.devnull, "w") as quiet:
+            return trainer.run(ProgressLog(trainer.settings.iterations, label, stream=quiet))
     log_path = sidecar_paths(out)[1]
-    print(f"{label}: {trainer.settings.iterations} iterations on {trainer.device} "
+    processes = trainer.replica.world_size
+    print(f"{label}: {trainer.settings.iterations} iterations on {trainer.device}"
+          f"{f' and {processes - 1} more processes' if processes > 1 else ''} "
           f"({sum(p.numel() for p in model.parameters()):,} parameters); log: {log_path}",
           file=sys.stderr)
     with ProgressLog(trainer.settings.iterations, label, log_path) as progress:
@@ -62,7 +90,11 @@ def _run(model: nn.Module, trainer: SaSiTrainer, out: Path, label: str) -> list[
 def run_train(args: argparse.Namespace) -> None:
     """Few-shot training from labelled tomograms, optionally from a pre-trained model."""
     out = _check_out(args.out)
-    device = resolve_device(args.device)
+    with _placement(args) as (device, replica):
+        _train(args, out, device, replica)
+
+
+def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: Replica) -> None:
     data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW)
     extra, extra_size = load_unlabelled(args.unlabelled) if args.unlabelled else ([], None)
     voxel_size = common_voxel_size([data.voxel_size, extra_size],
@@ -83,13 +115,16 @@ def run_train(args: argparse.Namespace) -> None:
     if state is not None:
         copied = _load_matching(model, state)
         print(f"train: started from {args.pretrained} ({copied} tensors)", file=sys.stderr)
-    trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device)
+    trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device, replica)
     history = _run(model, trainer, out, "train")
+    if not replica.is_main:
+        return
     meta = ModelMetadata(arch=arch, arch_params={}, classes=data.class_names, radii=data.radii,
                          window=WINDOW, voxel_size=voxel_size, normalisation=NORMALISATION,
                          pretrained_only=False, iterations=settings.iterations,
                          settings={**vars(settings), "pretrained": args.pretrained,
-                                   "labels": sum(len(t) for t in data.particles)},
+                                   "labels": sum(len(t) for t in data.particles),
+                                   "processes": replica.world_size},
                          loss_history=history)
     save_model(out, model, meta)
     print(f"trained {', '.join(data.class_names)} -> {out}")
@@ -98,17 +133,25 @@ def run_train(args: argparse.Namespace) -> None:
 def run_pretrain(args: argparse.Namespace) -> None:
     """SimCLR self-supervised pre-training on unlabelled tomograms."""
     out = _check_out(args.out)
-    device = resolve_device(args.device)
+    with _placement(args) as (device, replica):
+        _pretrain(args, out, device, replica)
+
+
+def _pretrain(args: argparse.Namespace, out: Path, device: torch.device,
+              replica: Replica) -> None:
     volumes, voxel_size = load_unlabelled(args.tomogram)
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
     torch.manual_seed(args.seed)
     model = build_backbone(args.arch, 2)
-    trainer = SaSiTrainer(model, None, volumes, settings, device)
+    trainer = SaSiTrainer(model, None, volumes, settings, device, replica)
     history = _run(model, trainer, out, "pretrain")
+    if not replica.is_main:
+        return
     meta = ModelMetadata(arch=args.arch, arch_params={}, classes=[], radii=[], window=WINDOW,
                          voxel_size=voxel_size, normalisation=NORMALISATION, pretrained_only=True,
-                         iterations=settings.iterations, settings=vars(settings),
+                         iterations=settings.iterations,
+                         settings={**vars(settings), "processes": replica.world_size},
                          loss_history=history)
     save_model(out, model, meta)
     print(f"pre-trained {args.arch} -> {out}")

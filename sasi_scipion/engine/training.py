@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .augment import center_crop, random_exact_transform
+from .distributed import ALONE, Replica
 from .infill import volume_infill
 from .losses import ProjectionHead, consistency_loss, dice_focal_loss, nt_xent_loss
 from .progress import ProgressLog
@@ -110,6 +111,8 @@ class SaSiTrainer:
         unlabelled: normalised ``(z, y, x)`` volumes for SimCLR and consistency.
         settings: the run's hyper-parameters.
         device: where to compute.
+        replica: this process's place in a data-parallel run (see ``distributed``);
+            every process draws the global batches and works on its share.
     """
 
     def __init__(
@@ -119,12 +122,17 @@ class SaSiTrainer:
         unlabelled: list[np.ndarray],
         settings: TrainingSettings,
         device: torch.device,
+        replica: Replica = ALONE,
     ) -> None:
+        replica.check_divides(settings.batch_size, "--batch-size")
+        replica.check_divides(settings.consistency_batch, "the consistency batch")
         self.settings = settings
         self.device = device
+        self.replica = replica
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
         self.model = model.to(device).to(memory_format=torch.channels_last_3d)
+        replica.broadcast_parameters(self.model)
         self.data = data
         window = settings.window
         self.supervised = (
@@ -135,9 +143,8 @@ class SaSiTrainer:
         self.unlabelled = UnlabelledSampler(unlabelled, window=window, stride=window // 2)
         embedding = model.embedding_channels * (window // model.embedding_stride) ** 3
         self.head = ProjectionHead(embedding).to(device)
-        self.optimizer = torch.optim.Adam(
-            list(self.model.parameters()) + list(self.head.parameters()), lr=settings.learning_rate
-        )
+        replica.broadcast_parameters(self.head)
+        self.optimizer = torch.optim.Adam(self._parameters(), lr=settings.learning_rate)
         self.schedule = (
             np.ones(settings.iterations, dtype=bool) if data is None else ssl_iterations(settings)
         )
@@ -152,9 +159,10 @@ class SaSiTrainer:
 
     def _ssl_loss(self) -> torch.Tensor:
         crops = self.unlabelled.sample(self.settings.batch_size, self.rng)
-        view1, view2 = simclr_views(crops, self.settings.window, self.rng)
-        z1 = self.head(self.model.encode(self._to_device(view1))).float()
-        z2 = self.head(self.model.encode(self._to_device(view2))).float()
+        view1, view2 = (self._to_device(self.replica.shard(view))
+                        for view in simclr_views(crops, self.settings.window, self.rng))
+        z1 = self.replica.gather(self.head(self.model.encode(view1)).float())
+        z2 = self.replica.gather(self.head(self.model.encode(view2)).float())
         return nt_xent_loss(z1, z2, self.settings.temperature)
 
     def _supervised_loss(self) -> torch.Tensor:
@@ -166,13 +174,15 @@ class SaSiTrainer:
                                              self.rng)
                 x = torch.cat([x_mix, x[count:]])
                 y = torch.cat([y_mix, y[count:]])
-        return dice_focal_loss(self.model(self._to_device(x)), self._to_device(y))
+        x, y = self.replica.shard(x), self.replica.shard(y)
+        return dice_focal_loss(self.model(self._to_device(x)), self._to_device(y),
+                               sum_across=self.replica.sum_across)
 
     def _consistency_loss(self) -> torch.Tensor:
         crops = self.unlabelled.sample(self.settings.consistency_batch, self.rng)
-        x = self._to_device(center_crop(crops, self.settings.window))
+        x = self._to_device(self.replica.shard(center_crop(crops, self.settings.window)))
         transform = random_exact_transform(self.rng)
-        return consistency_loss(self.model, x, transform.apply)
+        return consistency_loss(self.model, x, transform.apply, self.replica.sum_across)
 
     def step(self, iteration: int) -> dict[str, float | str]:
         """Run optimisation step ``iteration`` (0-based); return its logged values."""
@@ -191,9 +201,11 @@ class SaSiTrainer:
             if guided:
                 terms["loss_cons"] = self.settings.consistency_weight * self._consistency_loss()
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        logged = {name: self.replica.mean_of(value) for name, value in terms.items()}
+        total = sum(logged.values())
+        if not torch.isfinite(total):  # the same verdict in every process
             raise FloatingPointError(
-                f"training diverged at iteration {iteration + 1} (loss {loss.item()}); "
+                f"training diverged at iteration {iteration + 1} (loss {total.item()}); "
                 "lower --learning-rate"
             )
         for group in self.optimizer.param_groups:
@@ -201,11 +213,15 @@ class SaSiTrainer:
                            else self.settings.learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.replica.average_gradients(self._parameters())
         self.optimizer.step()
         record: dict[str, float | str] = {"phase": "ssl" if is_ssl else "supervised",
-                                          "loss": float(loss.item())}
-        record.update({name: float(value.item()) for name, value in terms.items()})
+                                          "loss": float(total.item())}
+        record.update({name: float(value.item()) for name, value in logged.items()})
         return record
+
+    def _parameters(self) -> list[nn.Parameter]:
+        return [*self.model.parameters(), *self.head.parameters()]
 
     def run(self, progress: ProgressLog) -> list[dict[str, float | str]]:
         """Run every iteration; return the loss history (one record per iteration)."""
