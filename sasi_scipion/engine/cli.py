@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from . import ENGINE_VERSION
 from .coordinates import read_particles, write_particles
 from .errors import SasiInputError
@@ -21,10 +23,13 @@ from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
 from .picking import PICK_MODES, pick_tomogram
 from .progress import ProgressLog
+from .runtime import describe_runtime
 from .training import SSL_SCHEDULES
 from .training_data import class_radii, parse_radii
 
 EXIT_BAD_INPUT = 2
+HEAVY_COMMANDS = ("pretrain", "train", "pick", "demo")
+"""Commands that announce where they run (see ``runtime.describe_runtime``)."""
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -59,6 +64,12 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="fp32 (default) or bf16 autocast: 4x faster steps on an AMX CPU "
                              "but slower learning per step (measured)")
+    parser.add_argument("--processes", type=_positive_int, default=1,
+                        help="data-parallel processes on this node, started with torchrun: "
+                             "one per GPU with --device cuda (the first N GPUs of "
+                             "CUDA_VISIBLE_DEVICES); on the CPU each takes a share of the "
+                             "cores. Same result as 1 process up to rounding; the batch "
+                             "size must be a multiple of N")
     _device_option(parser)
 
 
@@ -146,6 +157,25 @@ def _run_training(args: argparse.Namespace, pretrain: bool) -> None:
     (run_pretrain if pretrain else run_train)(args)
 
 
+def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | None:
+    """Start ``--processes`` N > 1 training processes with torchrun and return their exit
+    status; ``None`` when this process is to train itself."""
+    from .device import resolve_device
+    from .distributed import in_worker, relaunch_with_torchrun
+
+    if args.command not in ("train", "pretrain") or args.processes == 1 or in_worker():
+        return None
+    if args.batch_size % args.processes:
+        raise SasiInputError(f"--batch-size {args.batch_size} does not split evenly over "
+                             f"--processes {args.processes}: use a multiple of {args.processes}")
+    device = resolve_device(args.device)
+    visible = torch.cuda.device_count()
+    if device.type == "cuda" and visible < args.processes:
+        raise SasiInputError(f"--processes {args.processes}: only {visible} GPU(s) visible; "
+                             "use at most that many, one process per GPU")
+    return relaunch_with_torchrun(args.processes, argv)
+
+
 def _run_pick(args: argparse.Namespace) -> None:
     from .device import resolve_device
 
@@ -217,8 +247,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sasi`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command in HEAVY_COMMANDS:
+        print(f"sasi {args.command}: {describe_runtime()}", file=sys.stderr, flush=True)
     try:
+        status = _parallel_training(args, argv)
+        if status is not None:
+            return status
         COMMANDS[args.command](args)
     except SasiInputError as error:
         print(f"sasi: error: {error}", file=sys.stderr)
