@@ -19,6 +19,10 @@ from ..constants import OUTPUT_MODEL
 from ..objects import SaSiModel
 
 ERROR_PREFIX = "sasi: error: "
+BATCH_SIZE = 16
+"""Windows per training batch (the engine's default, the paper's value)."""
+LOG_TAIL_LINES = 12
+"""Lines of a failed command's log quoted in the protocol's error message."""
 
 
 class SaSiError(Exception):
@@ -46,6 +50,12 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
                        help="GPU to use (for example 0 or 1). Under a queue, the GPUs the "
                             "queue gives the job.")
 
+    def getGpuList(self) -> list[int]:
+        """The GPU ids of the form, or none when 'Use GPU' is off: a queue then asks for
+        no GPU (``GPU_COUNT`` in the submit template is the length of this list)."""
+        use_gpu = getattr(self, params.USE_GPU, None)
+        return [] if use_gpu is not None and not use_gpu.get() else super().getGpuList()
+
     def _device(self) -> str:
         return "cuda" if self.useGpu.get() else "cpu"
 
@@ -62,30 +72,54 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
     def runSasi(self, arguments: Sequence[str], device: bool = True) -> None:
         """Run ``sasi ARGUMENTS [--device ...]`` through ``runJob`` (queue and GPU aware).
 
+        The file after ``--out`` is removed first and must exist afterwards: a queue
+        job that fails or is cancelled returns from ``runJob`` without an error when
+        every command is its own job, so the missing file is what tells.
+
         Raises:
-            SaSiError: with the command's own error line when it fails.
+            SaSiError: with the command's own error line and its log's last lines.
         """
         args = list(arguments) + (["--device", self._device()] if device else [])
+        out = args[args.index("--out") + 1] if "--out" in args else None
+        if out and os.path.exists(out):
+            os.remove(out)
         try:
             self.runJob(self._program(), " ".join(shlex.quote(a) for a in args),
                         env=Plugin.getEnviron(), numberOfThreads=1, numberOfMpi=1)
         except Exception as error:  # pyworkflow raises a bare Exception with the command
             raise SaSiError(self._failureReason(args[0]) or str(error)) from error
+        if out and not os.path.exists(out):
+            raise SaSiError(self._failureReason(args[0])
+                            or f"sasi {args[0]} wrote no {out}: its job failed or was cancelled")
 
-    def _failureReason(self, command: str) -> str | None:
-        """The last ``sasi: error:`` line of this run's logs: run.stdout / run.stderr, and
-        the ``.out`` / ``.err`` files of queued jobs (where a queue writes their output)."""
-        reason = None
+    def _logFiles(self) -> list[str]:
+        """run.stdout / run.stderr, then the ``.out`` / ``.err`` files of queued jobs (where
+        a queue writes their output), oldest first."""
         queued = sorted(glob.glob(os.path.join(self._getLogsPath(), "*.out"))
                         + glob.glob(os.path.join(self._getLogsPath(), "*.err")),
                         key=os.path.getmtime)
-        for path in [*self.getLogPaths(), *queued]:
-            if os.path.exists(path):
-                with open(path, errors="replace") as handle:
-                    for line in handle:
-                        if ERROR_PREFIX in line:
-                            reason = line.split(ERROR_PREFIX, 1)[1].strip()
-        return f"sasi {command} failed: {reason}" if reason else None
+        return [p for p in [*self.getLogPaths(), *queued] if os.path.exists(p)]
+
+    def _failureReason(self, command: str) -> str | None:
+        """``sasi COMMAND failed: <last 'sasi: error:' line>`` and the last lines of the
+        log that holds it; without such a line, the last lines of the newest queued job's
+        log. ``None`` when there is nothing to quote."""
+        logs = self._logFiles()
+        reason, source = None, None
+        for path in logs:
+            with open(path, errors="replace") as handle:
+                for line in handle:
+                    if ERROR_PREFIX in line:
+                        reason, source = line.split(ERROR_PREFIX, 1)[1].strip(), path
+        if source is None:
+            queued = [p for p in logs if p not in self.getLogPaths()]
+            if not queued:
+                return None
+            source = max(queued, key=os.path.getmtime)
+        with open(source, errors="replace") as handle:
+            tail = "".join(handle.readlines()[-LOG_TAIL_LINES:]).rstrip()
+        headline = f"sasi {command} failed" + (f": {reason}" if reason else "")
+        return f"{headline}\nLast lines of {source}:\n{tail}"
 
     def _citations(self) -> list[str]:
         return ["Adethya2025"]
@@ -101,9 +135,36 @@ class ProtSaSiModelBase(ProtSaSiBase):
         super().__init__(**kwargs)
         self.modelPath = String()
 
+    def _addTrainingGpuParams(self, form) -> None:
+        """The GPU fields and the number of GPUs to train on in parallel."""
+        form.addParam("numberOfGpus", params.IntParam, default=1, label="Number of GPUs",
+                      help="Train on this many GPUs of one node at once (PyTorch data "
+                           "parallelism, one process per GPU, started with torchrun): the "
+                           "same result as one GPU, up to rounding, in less time. List at "
+                           "least as many GPU IDs (under a queue, the GPU list's length is "
+                           f"the number of GPUs the job asks for). The batch of {BATCH_SIZE} "
+                           "windows is split between them, so use 1, 2, 4, 8 or 16. With "
+                           "'Use GPU' off: CPU processes sharing the cores.")
+        self._addGpuParams(form)
+
+    def _validateGpus(self) -> list[str]:
+        count = self.numberOfGpus.get()
+        if count < 1 or BATCH_SIZE % count:
+            return [f"Number of GPUs must divide the batch of {BATCH_SIZE} windows: use 1, 2, "
+                    "4, 8 or 16."]
+        listed = len(self.getGpuList())
+        if self.useGpu.get() and listed < count:
+            return [f"Number of GPUs is {count} but the GPU list '{self.gpuList.get()}' names "
+                    f"{listed}: list {count} GPU IDs (for example "
+                    f"{','.join(str(i) for i in range(count))})."]
+        return []
+
     def runTraining(self, arguments: Sequence[str], out: str) -> None:
-        """Run ``sasi ARGUMENTS`` that writes the model file ``out``; remember ``out``."""
-        self.runSasi(arguments)
+        """Run ``sasi ARGUMENTS`` that writes the model file ``out`` (on ``Number of GPUs``
+        processes); remember ``out``."""
+        processes = self.numberOfGpus.get()
+        self.runSasi([*arguments, "--processes", str(processes)] if processes > 1
+                     else arguments)
         self.modelPath.set(out)
         self._store(self.modelPath)
 

@@ -30,7 +30,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                            "10000 on a GPU).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Random seed", help="Same seed, same CPU result.")
-        self._addGpuParams(form)
+        self._addTrainingGpuParams(form)
 
     def _insertAllSteps(self) -> None:
         self._insertFunctionStep(self.pretrainStep)
@@ -56,7 +56,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
             errors.append("The input set holds no tomogram: choose a set with tomograms.")
         if self.iterations.get() < 0:
             errors.append("Iterations must be 0 (default) or more.")
-        return errors
+        return errors + self._validateGpus()
 
     def _summary(self) -> list[str]:
         if not hasattr(self, OUTPUT_MODEL):

@@ -106,7 +106,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                            "when starting from a pre-trained model.")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Random seed", help="Same seed, same CPU result.")
-        self._addGpuParams(form)
+        self._addTrainingGpuParams(form)
 
     # ------------------------------------------------------------ classes
     def _sets(self) -> list[SetOfCoordinates3D]:
@@ -232,6 +232,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             errors.append("Every particle radius must be positive: set 'Particle radii' or "
                           "the coordinate sets' box size.")
         errors += self._validatePretrained(tomograms.getSamplingRate())
+        errors += self._validateGpus()
         if self.iterations.get() < 0:
             errors.append("Iterations must be 0 (default) or more.")
         return errors
