@@ -155,8 +155,10 @@ def _assert_same_picks(pick, reference) -> None:
         assert list(mine.classes[order_mine]) == list(theirs.classes[order_theirs])
 
 
-def _chain(workflow, project, slurm: Slurm, for_jobs: bool, on_pick_poll=None):
-    """Pretrain, train and pick through the queue, on the CPU; return the protocols."""
+def _chain(workflow, project, slurm: Slurm, for_jobs: bool, on_pick_poll=None,
+           training_processes: int = 1):
+    """Pretrain, train (on ``training_processes`` CPU processes) and pick through the
+    queue, on the CPU; return the protocols."""
     from sasi_scipion.protocols import ProtSaSiPick, ProtSaSiPretrain, ProtSaSiTrain
 
     tomograms = workflow.protocols["import_tomograms"].Tomograms
@@ -164,7 +166,7 @@ def _chain(workflow, project, slurm: Slurm, for_jobs: bool, on_pick_poll=None):
                                      inputTomograms=tomograms, iterations=2, useGpu=False),
                     slurm)
     train = _queued(project, ProtSaSiTrain, "cpu", for_jobs, iterations=4, useGpu=False,
-                    pretrainedModel=pretrain.outputModel)
+                    pretrainedModel=pretrain.outputModel, numberOfGpus=training_processes)
     for role in ("import_labels_disc", "import_labels_rod"):
         train.inputCoordinates.append(workflow.protocols[role])
         train.inputCoordinates[-1].setExtended("outputCoordinates")
@@ -206,15 +208,19 @@ def test_queue_for_jobs_runs_each_sasi_command_in_its_own_job(workflow, project,
 
 
 def test_queue_for_protocol_runs_the_whole_protocol_as_one_job(workflow, project, slurm) -> None:
-    chain = _chain(workflow, project, slurm, for_jobs=False)
+    chain = _chain(workflow, project, slurm, for_jobs=False, training_processes=2)
     finished = slurm.finished_jobs()
-    for protocol, command, count in zip(chain, ("pretrain", "train", "pick"), (1, 1, 2)):
+    # train: the sasi command and the two torchrun processes it starts
+    for protocol, command, count in zip(chain, ("pretrain", "train", "pick"), (1, 3, 2)):
         jobs = [job for job, fields in finished.items()
                 if fields["Name"] == f"scipion-{protocol.strId()}"]
         assert len(jobs) == 1 and finished[jobs[0]]["JobState"] == "COMPLETED"
         banners = _banners(_head_node_logs(protocol))
         assert [b[0] for b in banners] == [command] * count
         assert {b[1] for b in banners} == set(jobs)
+    train_log = "".join(p.read_text() for p in _head_node_logs(chain[1]))
+    assert "rank=0/2" in train_log and "rank=1/2" in train_log
+    assert chain[1].outputModel.getPath().endswith("model.pt")
     _assert_same_picks(chain[2], workflow.protocols["pick"])
 
 
@@ -237,6 +243,7 @@ def test_gpu_request_reaches_the_job_and_its_failure_the_protocol(workflow, proj
     script, = Path(train._getLogsPath()).glob("*.job")
     assert "#SBATCH --gres=gpu:2" in script.read_text()
     assert "#SBATCH --partition=gpu" in script.read_text()
+    assert "--processes 2 --device cuda" in script.read_text()
 
 
 @pytest.mark.parametrize("for_jobs", [True, False], ids=["queue-for-jobs", "queue-for-protocol"])
