@@ -18,7 +18,6 @@ Volumes are normalised ``float32`` ``(z, y, x)``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -67,35 +66,62 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def tile_extents(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
-                 max_voxels: int) -> tuple[int, int, int]:
-    """Input extent of the tiles along each axis (multiples of ``multiple``).
-
-    Axes start whole (then they need no margin); the longest is shrunk by a
-    quarter until a tile holds at most ``max_voxels`` voxels, but never below
-    ``2 * margin + 8 * multiple`` so that every tile keeps a useful core.
-    """
-    extents = [_round_up(n, multiple) for n in shape_zyx]
-    smallest = 2 * margin + 8 * multiple
-    while math.prod(extents) > max_voxels:
-        axis = int(np.argmax(extents))
-        shrunk = max(smallest, (extents[axis] * 3 // 4) // multiple * multiple)
-        if shrunk >= extents[axis]:
-            break
-        extents[axis] = shrunk
-    return tuple(extents)  # type: ignore[return-value]
-
-
-def _axis_tiles(size: int, extent: int, margin: int) -> list[tuple[int, int, int, int]]:
-    """``(input_start, input_stop, core_start, core_stop)`` along one padded axis."""
-    if extent >= size:
+def _axis_tiles(size: int, count: int, margin: int,
+                multiple: int) -> list[tuple[int, int, int, int]]:
+    """``(input_start, input_stop, core_start, core_stop)`` of ``count`` tiles along one
+    padded axis: equal cores (multiples of ``multiple``, the last one shorter), inputs
+    extended by ``margin`` where they do not touch the axis ends."""
+    if count <= 1:
         return [(0, size, 0, size)]
-    core = extent - 2 * margin
+    core = _round_up(-(-size // count), multiple)
     tiles = []
     for start in range(0, size, core):
         stop = min(start + core, size)
         tiles.append((max(start - margin, 0), min(stop + margin, size), start, stop))
     return tiles
+
+
+def tile_counts(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
+                max_voxels: int) -> tuple[int, int, int]:
+    """Tile counts along each axis (for ``_axis_tiles``): the split with the fewest
+    input voxels in all (cores plus margins, i.e. the least computation) whose
+    largest tile holds at most ``max_voxels`` voxels; ties go to fewer tiles.
+    Cores are about ``8 * multiple`` voxels or more. Where no split fits the
+    budget, the one with the smallest largest tile.
+    """
+    padded = [_round_up(n, multiple) for n in shape_zyx]
+    options = []  # per axis: (count, tiles, summed input extent, largest input extent)
+    for size in padded:
+        axis, seen = [], set()
+        for count in range(1, max(1, size // (8 * multiple)) + 1):
+            tiles = _axis_tiles(size, count, margin, multiple)
+            if len(tiles) in seen:  # rounding gave the same split as a smaller count
+                continue
+            seen.add(len(tiles))
+            axis.append((count, len(tiles), sum(t[1] - t[0] for t in tiles),
+                         max(t[1] - t[0] for t in tiles)))
+        options.append(axis)
+    best_key, best_counts = None, (1, 1, 1)
+    for z in options[0]:
+        for y in options[1]:
+            for x in options[2]:
+                largest = z[3] * y[3] * x[3]
+                fits = largest <= max_voxels
+                total = z[2] * y[2] * x[2]
+                key = ((0, total) if fits else (1, largest, total)) + (z[1] * y[1] * x[1],)
+                if best_key is None or key < best_key:
+                    best_key, best_counts = key, (z[0], y[0], x[0])
+    return best_counts
+
+
+def tile_extents(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
+                 max_voxels: int) -> tuple[int, int, int]:
+    """Input extent of the largest tile along each axis for ``tile_counts``' split
+    (multiples of ``multiple``; a whole axis where it is not split)."""
+    padded = [_round_up(n, multiple) for n in shape_zyx]
+    counts = tile_counts(shape_zyx, margin, multiple, max_voxels)
+    return tuple(max(t[1] - t[0] for t in _axis_tiles(n, c, margin, multiple))  # type: ignore[return-value]
+                 for n, c in zip(padded, counts))
 
 
 def plan_tiles(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
@@ -104,11 +130,12 @@ def plan_tiles(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
 
     The padded volume has every size rounded up to ``multiple``; cores tile it
     without overlap; inputs extend cores by ``margin`` (a multiple of
-    ``multiple``) where they do not touch the volume's faces.
+    ``multiple``) where they do not touch the volume's faces. The split is
+    ``tile_counts``': the least computation within the memory budget.
     """
     padded = [_round_up(n, multiple) for n in shape_zyx]
-    extents = tile_extents(shape_zyx, margin, multiple, max_voxels)
-    per_axis = [_axis_tiles(n, e, margin) for n, e in zip(padded, extents)]
+    counts = tile_counts(shape_zyx, margin, multiple, max_voxels)
+    per_axis = [_axis_tiles(n, c, margin, multiple) for n, c in zip(padded, counts)]
     plan = []
     for tz in per_axis[0]:
         for ty in per_axis[1]:
