@@ -49,8 +49,8 @@ def bf16_supported() -> bool:
 
 def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int = 24) -> float:
     """FLOPs of one forward pass of ``arch`` per output voxel, counted by
-    ``torch.utils.flop_counter`` on one ``edge``^3 input (the same count as
-    ``benchmarks/backbones.py``: convolutions and matmuls, a multiply-add is two)."""
+    ``torch.utils.flop_counter`` on one ``edge``^3 input (convolutions and matmuls,
+    a multiply-add is two); ``backbones.py`` reports it per backbone."""
     torch.manual_seed(0)
     model = build_backbone(arch, num_outputs).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
