@@ -24,7 +24,7 @@ from .mrc_io import read_volume
 from .picking import PICK_MODES, pick_tomogram
 from .progress import ProgressLog
 from .runtime import describe_runtime
-from .training import SSL_SCHEDULES
+from .training import SSL_SCHEDULES, TrainingSettings
 from .training_data import class_radii, parse_radii
 
 EXIT_BAD_INPUT = 2
@@ -57,7 +57,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     parser.add_argument("--iterations", type=_positive_int,
                         help="optimisation steps (default: 600 on a CPU, 10000 on a GPU)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--batch-size", type=_positive_int,
+                        default=TrainingSettings.batch_size)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", default="deepfinder", help="backbone (default deepfinder)")

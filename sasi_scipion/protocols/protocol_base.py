@@ -16,10 +16,11 @@ from tomo.protocols import ProtTomoBase
 
 from .. import Plugin
 from ..constants import OUTPUT_MODEL
+from ..engine.training import TrainingSettings
 from ..objects import SaSiModel
 
 ERROR_PREFIX = "sasi: error: "
-BATCH_SIZE = 16
+BATCH_SIZE = TrainingSettings.batch_size
 """Windows per training batch (the engine's default, the paper's value)."""
 LOG_TAIL_LINES = 12
 """Lines of a failed command's log quoted in the protocol's error message."""
