@@ -56,6 +56,21 @@ def test_tiled_inference_equals_one_whole_volume_pass(small_net) -> None:
     assert np.array_equal(seg.labels[decided], probs.argmax(0)[decided])
 
 
+@pytest.mark.parametrize("region", [((8, 24), (12, 40), (32, 64)),  # interior
+                                    ((0, 4), (48, 52), (20, 24)),  # touching faces
+                                    ((36, 40), (0, 8), (0, 64))])
+def test_region_logits_equal_the_whole_pass_cropped(small_net, region) -> None:
+    """The decoder runs on the region only, yet every kept voxel gets the
+    whole pass's logits (widening too little would change voxels at its faces)."""
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 1, 40, 52, 64))
+                         .astype(np.float32))
+    with torch.no_grad():
+        whole = small_net(x)[(..., *(slice(lo, hi) for lo, hi in region))]
+        part = small_net.forward_region(x, region)
+    assert part.shape == whole.shape
+    assert torch.allclose(part, whole, atol=1e-5, rtol=0)
+
+
 def test_tiles_cover_every_voxel_once_within_the_budget() -> None:
     for shape in [(200, 512, 512), (64, 100, 90), (20, 20, 20)]:
         budget = 2_000_000

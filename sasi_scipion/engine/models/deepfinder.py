@@ -7,12 +7,21 @@ convolution to K + 1 class logits (background + K). About 0.85 M parameters
 for K = 3. Zero ('same') padding everywhere.
 
 Tensors are ``(batch, channels, z, y, x)``.
+
+``forward_region`` computes the logits of one region only: the encoder runs
+on the whole input (it provides the region's context), the decoder only on
+the region plus the few voxels its own convolutions need. Tiled inference
+keeps a tile's core and drops its margins, so the decoder, about 70 % of the
+net's FLOPs, no longer runs on margins.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+"""``((z0, z1), (y0, y1), (x0, x1))``: a box in input voxels, half-open."""
 
 
 def _conv_block(in_channels: int, out_channels: int, count: int) -> nn.Sequential:
@@ -69,9 +78,48 @@ class DeepFinderUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, K+1, z, y, x)`` of input ``(B, 1, z, y, x)``."""
+        return self.forward_region(x, tuple((0, n) for n in x.shape[2:]))  # type: ignore[arg-type]
+
+    def forward_region(self, x: torch.Tensor, region: Region) -> torch.Tensor:
+        """Class logits ``(B, K+1, *region extents)`` of ``region`` of input
+        ``(B, 1, z, y, x)``; equal to ``forward(x)`` cropped to ``region``.
+
+        ``region``'s bounds must be multiples of ``size_multiple`` (or the input's
+        end). Each decoder stage runs on the region widened by what its two
+        convolutions need: 2 voxels at full resolution; at half resolution 1 for
+        the up-sampling plus 2, rounded up to the quarter-resolution grid (4);
+        2 at quarter resolution. The kept voxels therefore get exactly the whole
+        pass's values (``tests/engine/test_inference_postprocess.py`` checks
+        that 1 voxel less at full resolution breaks this).
+        """
         s1, s2, bottom = self._encode(x)
-        up = nn.functional.interpolate(bottom, scale_factor=2, mode="nearest")
-        d2 = self.dec2(torch.cat([up, s2], dim=1))
-        up = nn.functional.interpolate(d2, scale_factor=2, mode="nearest")
-        d1 = self.dec1(torch.cat([up, s1], dim=1))
-        return self.head(d1)
+        quarter = _widened(region, 4, 2, bottom.shape[2:])
+        half = _widened(region, 2, 4, s2.shape[2:])
+        full = _widened(region, 1, 2, s1.shape[2:])
+        skip1 = s1[(..., *full)]
+        del s1
+        up = _upsample(bottom[(..., *quarter)])
+        d2 = self.dec2(torch.cat([up, s2[(..., *half)]], dim=1))
+        del up, s2, bottom
+        up = _upsample(d2)  # covers 2 x half, which holds full
+        d1 = self.dec1(torch.cat([up[(..., *_shift(full, half, 2))], skip1], dim=1))
+        del up, skip1
+        core = tuple(slice(lo - f.start, hi - f.start) for (lo, hi), f in zip(region, full))
+        return self.head(d1[(..., *core)])
+
+
+def _widened(region: Region, scale: int, margin: int, shape: torch.Size) -> tuple[slice, ...]:
+    """``region`` at 1/``scale`` resolution, widened by ``margin`` voxels there and
+    clipped to ``shape``."""
+    return tuple(slice(max(lo // scale - margin, 0), min(-(-hi // scale) + margin, n))
+                 for (lo, hi), n in zip(region, shape))
+
+
+def _shift(inner: tuple[slice, ...], outer: tuple[slice, ...], scale: int) -> tuple[slice, ...]:
+    """Slices of ``inner`` (full resolution) inside ``outer`` up-sampled ``scale`` times."""
+    return tuple(slice(i.start - scale * o.start, i.stop - scale * o.start)
+                 for i, o in zip(inner, outer))
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
