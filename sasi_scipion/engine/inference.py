@@ -4,7 +4,7 @@ Two modes:
 - ``segment_tiled`` (fast default): the fully convolutional net runs on large
   tiles; each tile carries a margin of at least the net's receptive field on
   every side that touches another tile, and only its core is kept (a net with
-  ``forward_region`` runs its decoder on the core alone). Tile
+  ``decode_region`` runs its decoder on the core alone, in parts). Tile
   origins lie on the net's pooling grid (multiples of ``size_multiple``), so
   the result equals one forward pass over the whole (zero-padded) volume up to
   float rounding, while memory is bounded by the tile size.
@@ -32,12 +32,13 @@ from .postprocess import Segmentation
 from .sampling import grid_starts
 
 ProgressCallback = Callable[[int, int], None]
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+"""``((z0, z1), (y0, y1), (x0, x1))``: a box in voxels, half-open."""
 MAX_TILE_VOXELS = {"cpu": 8_000_000, "cuda": 16_000_000}
-"""Default largest tile (input voxels, margins included) per device type. With
-``forward_region`` (decoder on the core only) the DeepFinder net's peak memory
-is about 0.5 kB per tile voxel in float32 and 0.25 kB in bfloat16, plus about
-0.4 GB (measured on CPU), so a CPU tile needs about 2.3 GB in bf16 and 4.5 GB
-in fp32."""
+"""Default largest tile (input voxels, margins included) per device type."""
+DECODE_SHARE = 2
+"""A tile's core is decoded in parts of at most ``max_tile_voxels / DECODE_SHARE``
+voxels: per voxel the decoder needs about twice the encoder's memory."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -161,18 +162,47 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device).to(memory_format=torch.channels_last_3d).eval()
 
 
-def _logits(model: nn.Module, batch: np.ndarray, device: torch.device, precision: str,
-            region: tuple[tuple[int, int], ...] | None = None) -> torch.Tensor:
-    """Float32 class logits of a numpy batch ``(B, 1, z, y, x)`` (channels-last 3D),
-    of the box ``region`` (``((z0, z1), (y0, y1), (x0, x1))``) only where given.
-    A net with ``forward_region`` skips the work that only the rest would need."""
+def _logits(model: nn.Module, batch: np.ndarray, device: torch.device,
+            precision: str) -> torch.Tensor:
+    """Float32 class logits of a numpy batch ``(B, 1, z, y, x)`` (channels-last 3D)."""
     tensor = torch.from_numpy(batch).to(device).to(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), _autocast(device, precision):
-        if region is None:
-            return model(tensor).float()
-        if hasattr(model, "forward_region"):
-            return model.forward_region(tensor, region).float()
-        return model(tensor)[(..., *(slice(lo, hi) for lo, hi in region))].float()
+        return model(tensor).float()
+
+
+def split_box(box: Box, max_voxels: int, multiple: int) -> list[Box]:
+    """``box`` cut along its longest axis into the fewest equal parts (cuts on
+    multiples of ``multiple`` from its start) of at most ``max_voxels`` voxels, or
+    into slices ``multiple`` thick where even those are larger."""
+    extents = [hi - lo for lo, hi in box]
+    axis = int(np.argmax(extents))
+    across = int(np.prod(extents)) // extents[axis]
+    count = max(1, -(-int(np.prod(extents)) // max_voxels))
+    while True:
+        step = _round_up(-(-extents[axis] // count), multiple)
+        if step * across <= max_voxels or step <= multiple:
+            break
+        count += 1
+    lo, hi = box[axis]
+    return [box[:axis] + ((start, min(start + step, hi)),) + box[axis + 1:]  # type: ignore[misc]
+            for start in range(lo, hi, step)]
+
+
+def _core_logits(model: nn.Module, tile: np.ndarray, core: Box, device: torch.device,
+                 precision: str, max_part_voxels: int) -> Iterator[tuple[Box, torch.Tensor]]:
+    """Float32 class logits ``(K+1, *part extents)`` of ``core`` (a box in ``tile``'s
+    voxels), part by part. A net with ``features`` and ``decode_region`` (the
+    DeepFinder U-Net) encodes the whole tile once and decodes only the core,
+    in parts of at most ``max_part_voxels``; any other net runs whole."""
+    tensor = torch.from_numpy(tile[None, None]).to(device).to(
+        memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), _autocast(device, precision):
+        if not hasattr(model, "decode_region"):
+            yield core, model(tensor)[(0, slice(None), *(slice(lo, hi) for lo, hi in core))].float()
+            return
+        features = model.features(tensor)
+        for part in split_box(core, max_part_voxels, model.size_multiple):
+            yield part, model.decode_region(features, part)[0].float()
 
 
 def segment_tiled(
@@ -211,13 +241,15 @@ def segment_tiled(
     scores = np.zeros(volume.shape, dtype=np.float16)
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)
-        local = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
-        logits = _logits(model, tile[None, None], device, precision, region=local)
-        best, label = functional.softmax(logits[0], dim=0).max(dim=0)
-        keep = tuple(slice(c.start, min(c.stop, n)) for c, n in zip(cores, volume.shape))
-        trim = tuple(slice(0, k.stop - k.start) for k in keep)
-        labels[keep] = label.cpu().numpy()[trim]
-        scores[keep] = best.cpu().numpy()[trim]
+        core = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
+        for part, logits in _core_logits(model, tile, core, device, precision,  # type: ignore[arg-type]
+                                         budget // DECODE_SHARE):
+            best, label = functional.softmax(logits, dim=0).max(dim=0)
+            keep = tuple(slice(i.start + lo, min(i.start + hi, n))
+                         for (lo, hi), i, n in zip(part, inputs, volume.shape))
+            trim = tuple(slice(0, k.stop - k.start) for k in keep)
+            labels[keep] = label.cpu().numpy()[trim]
+            scores[keep] = best.cpu().numpy()[trim]
         if progress:
             progress(done, len(plan))
     return Segmentation(labels, scores)

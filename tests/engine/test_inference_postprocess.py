@@ -11,10 +11,12 @@ import torch
 
 from sasi_scipion.engine.coordinates import ParticleTable
 from sasi_scipion.engine.inference import (
+    DECODE_SHARE,
     plan_tiles,
     resolve_precision,
     segment_sliding,
     segment_tiled,
+    split_box,
 )
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
@@ -41,11 +43,18 @@ def _whole_volume_probs(net: DeepFinderUNet, volume: np.ndarray) -> np.ndarray:
     return probs[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
-def test_tiled_inference_equals_one_whole_volume_pass(small_net) -> None:
+@pytest.mark.parametrize("budget, tiles, decoded_in_parts", [(400_000, 8, False),
+                                                               (600_000, 2, True),
+                                                               (40 * 152 * 132, 1, True)])
+def test_tiled_inference_equals_one_whole_volume_pass(small_net, budget, tiles,
+                                                      decoded_in_parts) -> None:
     volume = np.random.default_rng(0).normal(size=(37, 150, 131)).astype(np.float32)
-    tiles = plan_tiles(volume.shape, 32, 4, 40 * 100 * 100)
-    assert len(tiles) > 4  # really tiled
-    seg = segment_tiled(small_net, volume, CPU, max_tile_voxels=40 * 100 * 100, precision="fp32")
+    plan = plan_tiles(volume.shape, 32, 4, budget)
+    assert len(plan) == tiles
+    parts = [split_box(tuple((c.start, c.stop) for c in cores), budget // DECODE_SHARE, 4)
+             for _, cores in plan]
+    assert (max(len(p) for p in parts) > 1) == decoded_in_parts
+    seg = segment_tiled(small_net, volume, CPU, max_tile_voxels=budget, precision="fp32")
     probs = _whole_volume_probs(small_net, volume)
     assert seg.labels.shape == volume.shape and seg.labels.dtype == np.uint8
     assert seg.scores.dtype == np.float16
@@ -66,9 +75,23 @@ def test_region_logits_equal_the_whole_pass_cropped(small_net, region) -> None:
                          .astype(np.float32))
     with torch.no_grad():
         whole = small_net(x)[(..., *(slice(lo, hi) for lo, hi in region))]
-        part = small_net.forward_region(x, region)
+        part = small_net.decode_region(small_net.features(x), region)
     assert part.shape == whole.shape
     assert torch.allclose(part, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("box, max_voxels", [(((0, 40), (8, 160), (4, 132)), 100_000),
+                                             (((4, 20), (0, 8), (0, 8)), 10_000),
+                                             (((0, 36), (0, 36), (0, 37)), 5_000)])
+def test_split_box_covers_the_box_in_grid_aligned_parts(box, max_voxels) -> None:
+    parts = split_box(box, max_voxels, 4)
+    covered = np.zeros([hi for _, hi in box], dtype=int)
+    for part in parts:
+        covered[tuple(slice(lo, hi) for lo, hi in part)] += 1
+        assert all((lo - b[0]) % 4 == 0 for (lo, _), b in zip(part, box))
+        assert math.prod(hi - lo for lo, hi in part) <= max(max_voxels, 4 * 36 * 37)
+    inside = tuple(slice(lo, hi) for lo, hi in box)
+    assert covered[inside].min() == 1 and covered.sum() == covered[inside].size
 
 
 def test_tiles_cover_every_voxel_once_within_the_budget() -> None:

@@ -8,11 +8,12 @@ for K = 3. Zero ('same') padding everywhere.
 
 Tensors are ``(batch, channels, z, y, x)``.
 
-``forward_region`` computes the logits of one region only: the encoder runs
-on the whole input (it provides the region's context), the decoder only on
-the region plus the few voxels its own convolutions need. Tiled inference
-keeps a tile's core and drops its margins, so the decoder, about 70 % of the
-net's FLOPs, no longer runs on margins.
+``decode_region`` computes the logits of one region of the input only: the
+encoder (``features``) runs on the whole input, as it provides the region's
+context, and the decoder on the region plus the few voxels its own
+convolutions need. Tiled inference keeps a tile's core and drops its margins,
+so the decoder, about 70 % of the net's FLOPs, never runs on margins, and it
+decodes a large core in parts, which bounds its memory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """``((z0, z1), (y0, y1), (x0, x1))``: a box in input voxels, half-open."""
+Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _conv_block(in_channels: int, out_channels: int, count: int) -> nn.Sequential:
@@ -67,22 +69,25 @@ class DeepFinderUNet(nn.Module):
         self.pool = nn.MaxPool3d(2)
         self.embedding_channels = c3
 
-    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> Features:
+        """Encoder outputs of input ``(B, 1, z, y, x)``: the two skip tensors
+        ``(B, 32, z, y, x)`` and ``(B, 48, z/2, y/2, x/2)`` and the embedding
+        ``(B, 64, z/4, y/4, x/4)`` (channel counts for the default width)."""
         s1 = self.enc1(x)
         s2 = self.enc2(self.pool(s1))
         return s1, s2, self.bottom(self.pool(s2))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder embedding ``(B, 64, z/4, y/4, x/4)`` of input ``(B, 1, z, y, x)``."""
-        return self._encode(x)[2]
+        return self.features(x)[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, K+1, z, y, x)`` of input ``(B, 1, z, y, x)``."""
-        return self.forward_region(x, tuple((0, n) for n in x.shape[2:]))  # type: ignore[arg-type]
+        return self.decode_region(self.features(x), tuple((0, n) for n in x.shape[2:]))  # type: ignore[arg-type]
 
-    def forward_region(self, x: torch.Tensor, region: Region) -> torch.Tensor:
-        """Class logits ``(B, K+1, *region extents)`` of ``region`` of input
-        ``(B, 1, z, y, x)``; equal to ``forward(x)`` cropped to ``region``.
+    def decode_region(self, features: Features, region: Region) -> torch.Tensor:
+        """Class logits ``(B, K+1, *region extents)`` of ``region`` of the input that
+        gave ``features``; equal to ``forward(x)`` cropped to ``region``.
 
         ``region``'s bounds must be multiples of ``size_multiple`` (or the input's
         end). Each decoder stage runs on the region widened by what its two
@@ -92,18 +97,17 @@ class DeepFinderUNet(nn.Module):
         pass's values (``tests/engine/test_inference_postprocess.py`` checks
         that 1 voxel less at full resolution breaks this).
         """
-        s1, s2, bottom = self._encode(x)
+        s1, s2, bottom = features
         quarter = _widened(region, 4, 2, bottom.shape[2:])
         half = _widened(region, 2, 4, s2.shape[2:])
         full = _widened(region, 1, 2, s1.shape[2:])
-        skip1 = s1[(..., *full)]
-        del s1
         up = _upsample(bottom[(..., *quarter)])
         d2 = self.dec2(torch.cat([up, s2[(..., *half)]], dim=1))
-        del up, s2, bottom
+        del up
         up = _upsample(d2)  # covers 2 x half, which holds full
-        d1 = self.dec1(torch.cat([up[(..., *_shift(full, half, 2))], skip1], dim=1))
-        del up, skip1
+        del d2
+        d1 = self.dec1(torch.cat([up[(..., *_shift(full, half, 2))], s1[(..., *full)]], dim=1))
+        del up
         core = tuple(slice(lo - f.start, hi - f.start) for (lo, hi), f in zip(region, full))
         return self.head(d1[(..., *core)])
 
