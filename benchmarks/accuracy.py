@@ -22,7 +22,11 @@ an hour and a half on 2 CPU cores for four rows), ``full`` (the paper's
 scale on a bigger volume: hours on a GPU). The JSON file is rewritten after
 every row, so a long run that is stopped keeps what it measured.
 
-Usage: python benchmarks/accuracy.py --profile quick|medium|full --out results.json
+Every learned row's model is picked with the tiled default, or with each of
+``--pick-modes`` (``tiled``, ``sliding``: the paper's 24-voxel windows).
+
+Usage: python benchmarks/accuracy.py --profile quick|medium|full [--rows ...]
+       [--seeds 0 1] [--pick-modes tiled sliding] --out results.json
 """
 
 from __future__ import annotations
@@ -123,9 +127,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", choices=PROFILES, default="quick")
     parser.add_argument("--rows", nargs="+", default=["blob", *ROWS])
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="override the profile's seeds")
+    parser.add_argument("--pick-modes", nargs="+", default=["tiled"],
+                        choices=["tiled", "sliding"],
+                        help="pick every learned row's model in each of these modes")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    profile = PROFILES[args.profile]
+    profile = dict(PROFILES[args.profile])
+    if args.seeds:
+        profile["seeds"] = args.seeds
     work = Path(tempfile.mkdtemp(prefix="sasi-accuracy-"))
     maps = work / "maps"
     maps.mkdir()
@@ -152,7 +163,7 @@ def main() -> None:
 
     learned = [r for r in args.rows if r in ROWS]
     expected = ("blob" in args.rows) + len(learned) * len(profile["labels"]) * len(
-        profile["seeds"])
+        profile["seeds"]) * len(args.pick_modes)
     if "blob" in args.rows:
         radius = float(np.median(list(radii.values())))
         picks = {name: blob_picks(read_volume(data / f"{name}.mrc").data, radius)
@@ -177,17 +188,19 @@ def main() -> None:
                       "--out", str(model), "--iterations", str(profile["iterations"]),
                       "--seed", str(seed), "--device", "cpu", *ROWS[row])
                 train_s = time.perf_counter() - began
-                picks = {}
-                for name in tests:
-                    out = work / f"{row}_{n}_{seed}_{name}.tsv"
-                    _sasi("pick", "--model", str(model), "--tomogram", str(data / f"{name}.mrc"),
-                          "--out", str(out), "--device", "cpu")
-                    picks[name] = read_particles(out, allow_empty=True)
-                results.append({"row": row, "labels": n, "seed": seed,
-                                "train_s": round(train_s),
-                                **_score(picks, data, tests, dataset["unscored"])})
-                print(results[-1], file=sys.stderr)
-                save()
+                for mode in args.pick_modes:
+                    picks = {}
+                    for name in tests:
+                        out = work / f"{row}_{n}_{seed}_{mode}_{name}.tsv"
+                        _sasi("pick", "--model", str(model), "--tomogram",
+                              str(data / f"{name}.mrc"), "--out", str(out), "--device", "cpu",
+                              "--mode", mode)
+                        picks[name] = read_particles(out, allow_empty=True)
+                    results.append({"row": row, "labels": n, "seed": seed, "pick_mode": mode,
+                                    "train_s": round(train_s),
+                                    **_score(picks, data, tests, dataset["unscored"])})
+                    print(results[-1], file=sys.stderr)
+                    save()
     print(Path(args.out).read_text())
 
 

@@ -9,7 +9,7 @@ own. Modes (same DeepFinder U-Net, K = 3, same seeded weights, random volume):
 - ``sliding``: the paper's reference, ``segment_sliding`` (W = 24, stride 12), fp32;
 - ``monai``: ``monai.inferers.sliding_window_inference``, fp32, overlap 0.25,
   Gaussian blending, ROI = the tile ``segment_tiled`` would use for this
-  volume (same memory budget: 4 M input voxels on a CPU), batch 1;
+  volume (same memory budget: 8 M input voxels on a CPU), batch 1;
 - ``monai-64``: the same with a 64^3 ROI, 4 ROIs per batch (a common MONAI
   setting).
 Gaussian blending is MONAI's recommended mode for stitching a U-Net's windows
@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 import torch
-from conv_floor import cpu_model, flops_per_voxel, measure_floor
+from conv_floor import NUM_OUTPUTS, cpu_model, flops_per_voxel, measure_floor
 from report import write_report
 
 MODES = {"tiled": ("tiled", "auto"), "tiled-fp32": ("tiled", "fp32"),
@@ -118,6 +118,36 @@ def _measure(mode: str, shape: tuple[int, int, int]) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, **extra}
 
 
+def tiled_work_ratio(shape: tuple[int, int, int], device_type: str = "cpu") -> float:
+    """FLOPs ``segment_tiled`` computes on a ``(z, y, x)`` volume at the default tile
+    budget, over ``flops_per_voxel`` x the volume's voxels: the price of tile
+    margins (encoder), decoder widening and padding. Counted by
+    ``torch.utils.flop_counter`` on meta tensors (no arithmetic is done)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sasi_scipion.engine.inference import (
+        DECODE_SHARE,
+        MAX_TILE_VOXELS,
+        _round_up,
+        plan_tiles,
+        split_box,
+    )
+    from sasi_scipion.engine.models import build_backbone
+
+    model = build_backbone("deepfinder", NUM_OUTPUTS).to("meta").eval()
+    multiple = model.size_multiple
+    budget = MAX_TILE_VOXELS[device_type]
+    plan = plan_tiles(shape, _round_up(model.receptive_margin, multiple), multiple, budget)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        for inputs, cores in plan:
+            tile = torch.empty(1, 1, *[s.stop - s.start for s in inputs], device="meta")
+            features = model.features(tile)
+            core = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
+            for part in split_box(core, budget // DECODE_SHARE, multiple):  # type: ignore[arg-type]
+                model.decode_region(features, part)
+    return counter.get_total_flops() / (flops_per_voxel() * float(np.prod(shape)))
+
+
 def _child(mode: str, size: str) -> dict:
     """One measurement in a fresh process (``mode`` ``floor``: the conv3d floor)."""
     run = subprocess.run([sys.executable, __file__, "--child", mode, size],
@@ -129,7 +159,10 @@ def _child(mode: str, size: str) -> dict:
 
 def add_ratios(rows: list[dict], best: dict, flops: float) -> None:
     """Add ``floor_s``, ``time_vs_floor`` (best floor of the run),
-    ``time_vs_adjacent_floor`` and ``time_vs_tiled`` to every measured row."""
+    ``time_vs_adjacent_floor`` and ``time_vs_tiled`` to every measured row, and to
+    tiled rows ``work_ratio`` (``tiled_work_ratio``, for this code's tile budget)
+    and ``time_vs_work_floor`` (``time_vs_floor`` / ``work_ratio``: how far the
+    FLOPs actually computed run from the conv3d rate)."""
     for row in rows:
         if "skipped" in row:
             continue
@@ -138,6 +171,9 @@ def add_ratios(rows: list[dict], best: dict, flops: float) -> None:
         row["time_vs_floor"] = round(row["seconds"] / row["floor_s"], 2)
         adjacent = flops * voxels / (row["floor_gflops"] * 1e9)
         row["time_vs_adjacent_floor"] = round(row["seconds"] / adjacent, 2)
+        if row["mode"].startswith("tiled"):
+            row.setdefault("work_ratio", round(tiled_work_ratio(tuple(row["shape_zyx"])), 3))
+            row["time_vs_work_floor"] = round(row["time_vs_floor"] / row["work_ratio"], 2)
         tiled = next((r for r in rows if r["mode"] == "tiled" and "skipped" not in r
                       and r["shape_zyx"] == row["shape_zyx"]), None)
         if tiled:

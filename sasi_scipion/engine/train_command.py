@@ -24,8 +24,9 @@ from .training_data import common_voxel_size, load_training_data, load_unlabelle
 
 WINDOW = 24
 DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
-"""Default budget per device type: about 10 minutes on a 2-core CPU (1.0 to
-1.3 s per float32 step, measured), the paper's scale (about 10k iterations)
+"""Default budget per device type: 7 to 10 minutes on a 2-core CPU (0.7 s per
+float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
+Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
 on a GPU."""
 
 
