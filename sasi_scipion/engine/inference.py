@@ -19,6 +19,7 @@ Volumes are normalised ``float32`` ``(z, y, x)``.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -59,11 +60,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
+LOW_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _reduced_precision(model: nn.Module, device: torch.device, precision: str):
+    """Autocast to ``precision``, unless the net itself is already in that dtype
+    (``_prepare`` converts an ``autocast_free`` net) or ``precision`` is fp32."""
+    if precision == "fp32" or next(model.parameters()).dtype != torch.float32:
         return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=LOW_PRECISION_DTYPES[precision])
+
+
+def _as_input(model: nn.Module, array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy batch ``(B, 1, z, y, x)`` as the net's input: its device and dtype,
+    channels-last 3D."""
+    dtype = next(model.parameters()).dtype
+    return torch.from_numpy(array).to(device, dtype).to(memory_format=torch.channels_last_3d)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -157,16 +169,24 @@ def _padded_crop(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
     return out
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def _prepare(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+    """``model`` on ``device``, channels-last 3D, in eval mode. For bf16 or fp16, a
+    net marked ``autocast_free`` (only convolutions, ReLU, pooling, nearest
+    up-sampling and concatenation) becomes a copy in that dtype: the same
+    arithmetic as autocast, without its per-operation casts (autocast runs the
+    up-sampling in float32 and the concatenations follow)."""
     _use_all_cpus(device)
-    return model.to(device).to(memory_format=torch.channels_last_3d).eval()
+    model = model.to(device).to(memory_format=torch.channels_last_3d).eval()
+    if precision != "fp32" and getattr(model, "autocast_free", False):
+        model = copy.deepcopy(model).to(LOW_PRECISION_DTYPES[precision])
+    return model
 
 
 def _logits(model: nn.Module, batch: np.ndarray, device: torch.device,
             precision: str) -> torch.Tensor:
     """Float32 class logits of a numpy batch ``(B, 1, z, y, x)`` (channels-last 3D)."""
-    tensor = torch.from_numpy(batch).to(device).to(memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), _autocast(device, precision):
+    tensor = _as_input(model, batch, device)
+    with torch.inference_mode(), _reduced_precision(model, device, precision):
         return model(tensor).float()
 
 
@@ -194,9 +214,8 @@ def _core_logits(model: nn.Module, tile: np.ndarray, core: Box, device: torch.de
     voxels), part by part. A net with ``features`` and ``decode_region`` (the
     DeepFinder U-Net) encodes the whole tile once and decodes only the core,
     in parts of at most ``max_part_voxels``; any other net runs whole."""
-    tensor = torch.from_numpy(tile[None, None]).to(device).to(
-        memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), _autocast(device, precision):
+    tensor = _as_input(model, tile[None, None], device)
+    with torch.inference_mode(), _reduced_precision(model, device, precision):
         if not hasattr(model, "decode_region"):
             yield core, model(tensor)[(0, slice(None), *(slice(lo, hi) for lo, hi in core))].float()
             return
@@ -231,8 +250,8 @@ def segment_tiled(
         # its exact whole-volume answer is the windowed one.
         return segment_sliding(model, volume, device, window=window, stride=window // 2,
                                precision=precision, progress=progress)
-    model = _prepare(model, device)
     precision = resolve_precision(precision, device)
+    model = _prepare(model, device, precision)
     multiple = model.size_multiple
     margin = _round_up(model.receptive_margin, multiple)
     budget = max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
@@ -278,8 +297,8 @@ def segment_sliding(
     Memory grows with the tomogram (``K + 1`` float32 probability maps); this
     is the reference mode, not the default.
     """
-    model = _prepare(model, device)
     precision = resolve_precision(precision, device)
+    model = _prepare(model, device, precision)
     padded = np.zeros([max(n, window) for n in volume.shape], dtype=np.float32)
     padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
     origins = list(_windows(padded.shape, window, stride))

@@ -3,6 +3,7 @@ connected-component post-processing on planted blobs."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from sasi_scipion.engine.coordinates import ParticleTable
 from sasi_scipion.engine.inference import (
     DECODE_SHARE,
+    _prepare,
     plan_tiles,
     resolve_precision,
     segment_sliding,
@@ -78,6 +80,23 @@ def test_region_logits_equal_the_whole_pass_cropped(small_net, region) -> None:
         part = small_net.decode_region(small_net.features(x), region)
     assert part.shape == whole.shape
     assert torch.allclose(part, whole, atol=1e-5, rtol=0)
+
+
+def test_bf16_net_gives_the_autocast_results(small_net) -> None:
+    """The DeepFinder net runs in bf16 as a whole instead of under autocast: the
+    same arithmetic, so the same labels and scores."""
+    volume = np.random.default_rng(2).normal(size=(40, 64, 72)).astype(np.float32)
+    whole_bf16 = segment_tiled(small_net, volume, CPU, precision="bf16")
+    autocast_net = copy.deepcopy(small_net)
+    autocast_net.autocast_free = False
+    autocast = segment_tiled(autocast_net, volume, CPU, precision="bf16")
+    fp32 = segment_tiled(small_net, volume, CPU, precision="fp32")
+    assert next(small_net.parameters()).dtype == torch.float32  # the caller's net is kept
+    assert next(_prepare(small_net, CPU, "bf16").parameters()).dtype == torch.bfloat16
+    assert next(_prepare(autocast_net, CPU, "bf16").parameters()).dtype == torch.float32
+    assert np.array_equal(whole_bf16.labels, autocast.labels)
+    assert np.array_equal(whole_bf16.scores, autocast.scores)
+    assert not np.array_equal(whole_bf16.scores, fp32.scores)  # bf16 really ran
 
 
 @pytest.mark.parametrize("box, max_voxels", [(((0, 40), (8, 160), (4, 132)), 100_000),

@@ -48,10 +48,14 @@ class DeepFinderUNet(nn.Module):
             at least this much.
         embedding_channels: channels of the encoder embedding (64).
         embedding_stride: spatial down-sampling of the encoder embedding (4).
+        autocast_free: only convolutions, ReLU, max-pooling, nearest up-sampling
+            and concatenation, so inference can run the whole net in bf16 or
+            fp16 (same results as autocast, without its casts).
     """
 
     size_multiple = 4
     receptive_margin = 30
+    autocast_free = True
     embedding_channels = 64
     embedding_stride = 4
     fixed_window: int | None = None
