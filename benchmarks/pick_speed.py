@@ -3,8 +3,8 @@
 
 Each (mode, size) runs in a fresh process so its peak resident memory is its
 own. Modes (same DeepFinder U-Net, K = 3, same seeded weights, random volume):
-- ``tiled``: the default, ``segment_tiled`` at default precision (bf16 autocast
-  on a CPU with native bfloat16, else fp32);
+- ``tiled``: the default, ``segment_tiled`` at default precision (bf16 on a CPU
+  with native bfloat16, else fp32);
 - ``tiled-fp32``: ``segment_tiled`` in fp32;
 - ``sliding``: the paper's reference, ``segment_sliding`` (W = 24, stride 12), fp32;
 - ``monai``: ``monai.inferers.sliding_window_inference``, fp32, overlap 0.25,
