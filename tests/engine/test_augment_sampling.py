@@ -134,12 +134,13 @@ def test_unlabelled_sampler_visits_every_grid_window_once_per_pass() -> None:
 
 def test_simclr_views_are_two_different_views_of_each_window() -> None:
     rng = np.random.default_rng(0)
-    crops = torch.randn(6, 1, 34, 34, 34)
+    noise = torch.randn(6, 1, 34, 34, 34, generator=torch.Generator().manual_seed(0))
+    crops = noise + torch.arange(6.0).view(6, 1, 1, 1, 1)  # window i has mean about i
     view1, view2 = simclr_views(crops, 24, rng)
     assert view1.shape == view2.shape == (6, 1, 24, 24, 24)
     assert not torch.allclose(view1, view2)
     # Rotation, z shift and flips preserve the set of values up to interpolation:
-    # same-window views share their mean far better than different windows.
+    # the two views of a window share its mean; views of different windows do not.
     same = (view1.mean(dim=(1, 2, 3, 4)) - view2.mean(dim=(1, 2, 3, 4))).abs().mean()
     other = (view1.mean(dim=(1, 2, 3, 4)) - view2.roll(1, 0).mean(dim=(1, 2, 3, 4))).abs().mean()
-    assert same < other
+    assert same < 0.1 < 0.9 < other
