@@ -84,7 +84,8 @@ def test_region_logits_equal_the_whole_pass_cropped(small_net, region) -> None:
 
 def test_bf16_net_gives_the_autocast_results(small_net) -> None:
     """The DeepFinder net runs in bf16 as a whole instead of under autocast: the
-    same arithmetic, so the same labels and scores."""
+    same labels, and scores equal to bf16 rounding (the copy folds its
+    up-sampling kernels from bf16 weights, autocast from fp32 ones)."""
     volume = np.random.default_rng(2).normal(size=(40, 64, 72)).astype(np.float32)
     whole_bf16 = segment_tiled(small_net, volume, CPU, precision="bf16")
     autocast_net = copy.deepcopy(small_net)
@@ -95,7 +96,7 @@ def test_bf16_net_gives_the_autocast_results(small_net) -> None:
     assert next(_prepare(small_net, CPU, "bf16").parameters()).dtype == torch.bfloat16
     assert next(_prepare(autocast_net, CPU, "bf16").parameters()).dtype == torch.float32
     assert np.array_equal(whole_bf16.labels, autocast.labels)
-    assert np.array_equal(whole_bf16.scores, autocast.scores)
+    assert np.abs(whole_bf16.scores.astype(np.float32) - autocast.scores).max() <= 1e-3
     assert not np.array_equal(whole_bf16.scores, fp32.scores)  # bf16 really ran
 
 

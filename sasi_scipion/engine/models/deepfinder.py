@@ -14,6 +14,16 @@ context, and the decoder on the region plus the few voxels its own
 convolutions need. Tiled inference keeps a tile's core and drops its margins,
 so the decoder, about 70 % of the net's FLOPs, never runs on margins, and it
 decodes a large core in parts, which bounds its memory.
+
+Each decoder stage's first convolution sees ``cat(upsample(low), skip)``. It is
+computed without building either tensor (``UpsampledConcatConv3d``): a 3-tap
+kernel over a nearest-up-sampled axis is, for each output parity, a 2-tap
+kernel over the low-resolution axis, so the up-sampled channels cost 8 taps
+per output voxel instead of 27, at low resolution. Same function (to float
+rounding; ``tests/engine/test_inference_postprocess.py`` compares it with the
+literal up-sample, concatenate and convolve), a fifth fewer FLOPs than the net
+as written (268,576 instead of 341,536 per voxel for K = 3 on large inputs),
+and no up-sampled or concatenated copies.
 """
 
 from __future__ import annotations
@@ -26,14 +36,82 @@ Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _conv_block(in_channels: int, out_channels: int, count: int) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, count: int,
+                first: type[nn.Conv3d] = nn.Conv3d) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(count):
         layers += [
-            nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
+            (first if i == 0 else nn.Conv3d)(in_channels if i == 0 else out_channels,
+                                             out_channels, 3, padding=1),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
+
+
+class UpsampledConcatConv3d(nn.Conv3d):
+    """A 3x3x3 'same' convolution of ``cat([upsample(low), skip])`` (nearest, x2),
+    computed from ``low`` and ``skip`` directly.
+
+    Along one axis, output voxel ``2q + r`` of a 3-tap kernel ``(w0, w1, w2)`` over
+    the up-sampled axis reads low-resolution voxels ``q-1, q`` with weights
+    ``(w0, w1 + w2)`` when ``r = 0`` and ``q, q+1`` with ``(w0 + w1, w2)`` when
+    ``r = 1``. The eight parity combinations of the three axes are one 2x2x2
+    convolution over ``low`` with 8 x ``out_channels`` outputs, interleaved into
+    the skip channels' ordinary convolution. Parameters and their layout are an
+    ``nn.Conv3d``'s over ``low``'s channels then ``skip``'s, so checkpoints load
+    unchanged.
+    """
+
+    def forward(self, low: torch.Tensor, skip: torch.Tensor,  # type: ignore[override]
+                window: tuple[slice, ...] | None = None) -> torch.Tensor:
+        """Convolution ``(B, out, *skip extents)`` of ``cat([upsample(low)[window], skip])``.
+
+        ``low``: ``(B, C_low, z, y, x)``; ``skip``: ``(B, C_skip, *window extents)``;
+        ``window``: full-resolution slices into ``upsample(low)`` (default: all of
+        it), with even starts and extents. Both parts are zero-padded at the
+        edges of ``low``; inside ``low``, the up-sampled part of a window's border
+        voxels reads its true neighbours and the skip part zeros, so border
+        voxels differ from convolving the cropped concatenation; callers crop them.
+        """
+        if window is None:
+            window = tuple(slice(0, 2 * n) for n in low.shape[2:])
+        lows = [(w.start // 2, w.stop // 2) for w in window]
+        if any(w.start % 2 or w.stop % 2 for w in window):
+            raise ValueError(f"window {window}: starts and stops must be even")
+        # low-resolution voxels q-1 .. q+1 of every output, zeros beyond low's edges
+        padded = nn.functional.pad(
+            low[(..., *(slice(max(a - 1, 0), min(b + 1, n))
+                        for (a, b), n in zip(lows, low.shape[2:])))],
+            [p for (a, b), n in reversed(list(zip(lows, low.shape[2:])))
+             for p in (int(a == 0), int(b == n))])
+        low_channels = low.shape[1]
+        phases = nn.functional.conv3d(padded, _parity_kernels(self.weight[:, :low_channels]))
+        out = nn.functional.conv3d(skip, self.weight[:, low_channels:], self.bias, padding=1)
+        batch, channels = out.shape[:2]
+        (nz, ny, nx) = (b - a for a, b in lows)
+        phases = phases.view(batch, 2, 2, 2, channels, *phases.shape[2:])
+        interleaved = out.view(batch, channels, nz, 2, ny, 2, nx, 2)
+        for rz in (0, 1):
+            for ry in (0, 1):
+                for rx in (0, 1):
+                    interleaved[:, :, :, rz, :, ry, :, rx] += phases[
+                        :, rz, ry, rx, :, rz:rz + nz, ry:ry + ny, rx:rx + nx]
+        return out
+
+
+def _parity_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """``(8 * out, in, 2, 2, 2)`` kernels, parity-major ``(rz, ry, rx)``, of a
+    ``(out, in, 3, 3, 3)`` kernel over a nearest-up-sampled input (see
+    ``UpsampledConcatConv3d``)."""
+    kernels = [weight]
+    for axis in (2, 3, 4):
+        folded = []
+        for kernel in kernels:
+            first, middle, last = kernel.split(1, dim=axis)
+            folded += [torch.cat((first, middle + last), dim=axis),
+                       torch.cat((first + middle, last), dim=axis)]
+        kernels = folded
+    return torch.cat(kernels, dim=0)
 
 
 class DeepFinderUNet(nn.Module):
@@ -67,8 +145,8 @@ class DeepFinderUNet(nn.Module):
         self.enc1 = _conv_block(1, c1, 2)
         self.enc2 = _conv_block(c1, c2, 2)
         self.bottom = _conv_block(c2, c3, 4)
-        self.dec2 = _conv_block(c3 + c2, c2, 2)
-        self.dec1 = _conv_block(c2 + c1, c1, 2)
+        self.dec2 = _conv_block(c3 + c2, c2, 2, first=UpsampledConcatConv3d)
+        self.dec1 = _conv_block(c2 + c1, c1, 2, first=UpsampledConcatConv3d)
         self.head = nn.Conv3d(c1, num_outputs, 1)
         self.pool = nn.MaxPool3d(2)
         self.embedding_channels = c3
@@ -105,13 +183,10 @@ class DeepFinderUNet(nn.Module):
         quarter = _widened(region, 4, 2, bottom.shape[2:])
         half = _widened(region, 2, 4, s2.shape[2:])
         full = _widened(region, 1, 2, s1.shape[2:])
-        up = _upsample(bottom[(..., *quarter)])
-        d2 = self.dec2(torch.cat([up, s2[(..., *half)]], dim=1))
-        del up
-        up = _upsample(d2)  # covers 2 x half, which holds full
+        d2 = _decode_stage(self.dec2, bottom[(..., *quarter)], s2[(..., *half)], None)
+        # d2 covers half; its up-sampling covers 2 x half, which holds full
+        d1 = _decode_stage(self.dec1, d2, s1[(..., *full)], _shift(full, half, 2))
         del d2
-        d1 = self.dec1(torch.cat([up[(..., *_shift(full, half, 2))], s1[(..., *full)]], dim=1))
-        del up
         core = tuple(slice(lo - f.start, hi - f.start) for (lo, hi), f in zip(region, full))
         return self.head(d1[(..., *core)])
 
@@ -129,5 +204,11 @@ def _shift(inner: tuple[slice, ...], outer: tuple[slice, ...], scale: int) -> tu
                  for i, o in zip(inner, outer))
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
-    return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+def _decode_stage(block: nn.Sequential, low: torch.Tensor, skip: torch.Tensor,
+                  window: tuple[slice, ...] | None) -> torch.Tensor:
+    """``block`` on ``cat([upsample(low)[window], skip])``, its first convolution an
+    ``UpsampledConcatConv3d``."""
+    x = block[0](low, skip, window)
+    for layer in block[1:]:
+        x = layer(x)
+    return x
