@@ -12,7 +12,7 @@ import torch
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.inference import plan_tiles, segment_tiled
 from sasi_scipion.engine.models import BACKBONES, build_backbone
-from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
+from sasi_scipion.engine.models.deepfinder import DeepFinderUNet, ZeroChannelPaddedConv3d
 from sasi_scipion.engine.models.resunet import ResUNet
 
 CPU = torch.device("cpu")
@@ -114,6 +114,22 @@ def test_deepfinder_folded_upsampling_equals_upsample_concatenate_convolve() -> 
     grads = [torch.autograd.grad(out.square().sum(), (x, weights)) for out in (folded, literal)]
     for folded_grad, literal_grad in zip(*grads):
         assert torch.allclose(folded_grad, literal_grad, atol=1e-4 * literal_grad.abs().max())
+
+
+def test_zero_channel_padded_input_convolution_equals_the_plain_one() -> None:
+    """The input layer pads one channel to four with zeros: the same output and
+    gradients as the single-channel convolution (the zeros add nothing)."""
+    torch.manual_seed(0)
+    conv = ZeroChannelPaddedConv3d(1, 8, 3, padding=1)
+    x = torch.randn(2, 1, 6, 10, 12, requires_grad=True)
+    padded = conv(x)
+    plain = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1)
+    assert padded.shape == plain.shape == (2, 8, 6, 10, 12)
+    assert torch.allclose(padded, plain, atol=1e-6, rtol=0)
+    grads = [torch.autograd.grad(out.square().sum(), (x, conv.weight)) for out in (padded, plain)]
+    for padded_grad, plain_grad in zip(*grads):
+        assert padded_grad.shape == plain_grad.shape
+        assert torch.allclose(padded_grad, plain_grad, atol=1e-5 * plain_grad.abs().max())
 
 
 def test_resunet_has_no_batch_or_spatial_statistics_normalisation() -> None:

@@ -24,6 +24,10 @@ rounding; ``tests/engine/test_inference_postprocess.py`` compares it with the
 literal up-sample, concatenate and convolve), a fifth fewer FLOPs than the net
 as written (268,576 instead of 341,536 per voxel for K = 3 on large inputs),
 and no up-sampled or concatenated copies.
+
+The input convolution (one channel in) runs on the input and kernel padded
+with zero channels to four (``ZeroChannelPaddedConv3d``): the same sums, but
+oneDNN's fast path instead of torch's slow single-channel one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,24 @@ def _conv_block(in_channels: int, out_channels: int, count: int,
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
+
+
+class ZeroChannelPaddedConv3d(nn.Conv3d):
+    """An ``nn.Conv3d`` that pads its input and kernel with zero channels up to a
+    multiple of ``CHANNEL_MULTIPLE``: the same output (the added products are
+    zero), computed by oneDNN, which a single-channel input does not reach
+    (1.9x faster for the 1 -> 32 input layer on a 64 x 128 x 128 volume, fp32, 2
+    AVX2 cores). Parameters are an ``nn.Conv3d``'s, so checkpoints load unchanged."""
+
+    CHANNEL_MULTIPLE = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        missing = -x.shape[1] % self.CHANNEL_MULTIPLE
+        weight = nn.functional.pad(self.weight, [0] * 6 + [0, missing])
+        x = nn.functional.pad(x, [0] * 6 + [0, missing])
+        channels_last = torch.channels_last_3d  # oneDNN's layout; the net's output follows it
+        return self._conv_forward(x.contiguous(memory_format=channels_last),
+                                  weight.contiguous(memory_format=channels_last), self.bias)
 
 
 class UpsampledConcatConv3d(nn.Conv3d):
@@ -142,7 +164,7 @@ class DeepFinderUNet(nn.Module):
         super().__init__()
         c1, c2, c3 = width, width * 3 // 2, width * 2
         self.num_outputs = num_outputs
-        self.enc1 = _conv_block(1, c1, 2)
+        self.enc1 = _conv_block(1, c1, 2, first=ZeroChannelPaddedConv3d)
         self.enc2 = _conv_block(c1, c2, 2)
         self.bottom = _conv_block(c2, c3, 4)
         self.dec2 = _conv_block(c3 + c2, c2, 2, first=UpsampledConcatConv3d)
