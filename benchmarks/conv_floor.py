@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sasi_scipion.engine.models import build_backbone
-from sasi_scipion.engine.models.deepfinder import UpsampledConcatConv3d
+from sasi_scipion.engine.models.deepfinder import UpsampledConcatConv3d, ZeroChannelPaddedConv3d
 
 ARCH = "deepfinder"
 NUM_OUTPUTS = 4
@@ -55,13 +55,15 @@ def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int 
     ``torch.utils.flop_counter`` on one ``edge``^3 input (convolutions and matmuls,
     a multiply-add is two); ``backbones.py`` reports it per backbone.
 
-    ``as_written`` (the floor's count): a decoder convolution that folds its
-    up-sampling (``UpsampledConcatConv3d``) counts as the literal convolution of
-    the up-sampled concatenation, the net as the paper draws it; otherwise the
-    count is what the engine computes (fewer)."""
+    ``as_written`` (the floor's count): the DeepFinder convolutions that the
+    engine computes another way count as the literal convolution, the net as
+    the paper draws it: a decoder convolution that folds its up-sampling
+    (``UpsampledConcatConv3d``, fewer FLOPs) and the input convolution padded
+    with zero channels (``ZeroChannelPaddedConv3d``, more). Otherwise the count
+    is what the engine computes."""
     torch.manual_seed(0)
     model = build_backbone(arch, num_outputs).eval()
-    folding_saved = 0.0
+    literal_minus_computed = 0.0
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         if as_written:
             before: list[int] = []
@@ -70,16 +72,16 @@ def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int 
                 before.append(counter.get_total_flops())
 
             def add_literal(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-                nonlocal folding_saved
+                nonlocal literal_minus_computed
                 literal = 2 * module.in_channels * math.prod(module.kernel_size) * output.numel()
-                folding_saved += literal - (counter.get_total_flops() - before.pop())
+                literal_minus_computed += literal - (counter.get_total_flops() - before.pop())
 
             for module in model.modules():
-                if isinstance(module, UpsampledConcatConv3d):
+                if isinstance(module, (UpsampledConcatConv3d, ZeroChannelPaddedConv3d)):
                     module.register_forward_pre_hook(count_from)
                     module.register_forward_hook(add_literal)
         model(torch.zeros(1, 1, edge, edge, edge))
-    return (counter.get_total_flops() + folding_saved) / edge**3
+    return (counter.get_total_flops() + literal_minus_computed) / edge**3
 
 
 def conv_layers(arch: str = ARCH, edge: int = LAYER_EDGE) -> list[dict]:
