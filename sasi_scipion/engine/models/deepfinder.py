@@ -12,18 +12,18 @@ Tensors are ``(batch, channels, z, y, x)``.
 encoder (``features``) runs on the whole input, as it provides the region's
 context, and the decoder on the region plus the few voxels its own
 convolutions need. Tiled inference keeps a tile's core and drops its margins,
-so the decoder, about 70 % of the net's FLOPs, never runs on margins, and it
-decodes a large core in parts, which bounds its memory.
+so the decoder, about 70 % of the FLOPs of the net as written, never runs on
+margins, and it decodes a large core in parts, which bounds its memory.
 
 Each decoder stage's first convolution sees ``cat(upsample(low), skip)``. It is
 computed without building either tensor (``UpsampledConcatConv3d``): a 3-tap
 kernel over a nearest-up-sampled axis is, for each output parity, a 2-tap
 kernel over the low-resolution axis, so the up-sampled channels cost 8 taps
-per output voxel instead of 27, at low resolution. Same function (to float
-rounding; ``tests/engine/test_inference_postprocess.py`` compares it with the
-literal up-sample, concatenate and convolve), a fifth fewer FLOPs than the net
-as written (268,576 instead of 341,536 per voxel for K = 3 on large inputs),
-and no up-sampled or concatenated copies.
+per output voxel instead of 27, at low resolution. Same function to float
+rounding (``tests/engine/test_backbones.py`` compares logits and gradients
+with the literal up-sample, concatenate and convolve), a fifth fewer FLOPs
+than the net as written (268,576 instead of 341,536 per voxel for K = 3 on
+large inputs), and no up-sampled or concatenated copies.
 
 The input convolution (one channel in) runs on the input and kernel padded
 with zero channels to four (``ZeroChannelPaddedConv3d``): the same sums, but
