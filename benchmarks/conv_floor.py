@@ -86,8 +86,8 @@ def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int 
 
 def conv_layers(arch: str = ARCH, edge: int = LAYER_EDGE) -> list[dict]:
     """Every ``Conv3d`` of ``arch`` with its ('same' padding: output) extents when
-    the net sees ``edge``^3, and its FLOPs as written (a folded up-sampling
-    convolution counts as the literal one)."""
+    the net sees ``edge``^3, and its FLOPs as written (from its parameters' shapes:
+    folded and zero-padded convolutions count as the literal ones)."""
     torch.manual_seed(0)
     model = build_backbone(arch, NUM_OUTPUTS).eval()
     layers: list[dict] = []

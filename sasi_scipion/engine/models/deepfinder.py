@@ -97,9 +97,9 @@ class UpsampledConcatConv3d(nn.Conv3d):
         """
         if window is None:
             window = tuple(slice(0, 2 * n) for n in low.shape[2:])
-        lows = [(w.start // 2, w.stop // 2) for w in window]
         if any(w.start % 2 or w.stop % 2 for w in window):
             raise ValueError(f"window {window}: starts and stops must be even")
+        lows = [(w.start // 2, w.stop // 2) for w in window]
         # low-resolution voxels q-1 .. q+1 of every output, zeros beyond low's edges
         padded = nn.functional.pad(
             low[(..., *(slice(max(a - 1, 0), min(b + 1, n))
