@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sasi_scipion.engine.models import build_backbone
-from sasi_scipion.engine.models.deepfinder import UpsampledConcatConv3d, ZeroChannelPaddedConv3d
+from sasi_scipion.engine.models.deepfinder import PlaneStackedInputConv3d, UpsampledConcatConv3d
 
 ARCH = "deepfinder"
 NUM_OUTPUTS = 4
@@ -58,9 +58,9 @@ def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int 
     ``as_written`` (the floor's count): the DeepFinder convolutions that the
     engine computes another way count as the literal convolution, the net as
     the paper draws it: a decoder convolution that folds its up-sampling
-    (``UpsampledConcatConv3d``, fewer FLOPs) and the input convolution padded
-    with zero channels (``ZeroChannelPaddedConv3d``, more). Otherwise the count
-    is what the engine computes."""
+    (``UpsampledConcatConv3d``, fewer FLOPs) and the input convolution over
+    stacked planes and a zero channel (``PlaneStackedInputConv3d``, more).
+    Otherwise the count is what the engine computes."""
     torch.manual_seed(0)
     model = build_backbone(arch, num_outputs).eval()
     literal_minus_computed = 0.0
@@ -77,7 +77,7 @@ def flops_per_voxel(arch: str = ARCH, num_outputs: int = NUM_OUTPUTS, edge: int 
                 literal_minus_computed += literal - (counter.get_total_flops() - before.pop())
 
             for module in model.modules():
-                if isinstance(module, (UpsampledConcatConv3d, ZeroChannelPaddedConv3d)):
+                if isinstance(module, (UpsampledConcatConv3d, PlaneStackedInputConv3d)):
                     module.register_forward_pre_hook(count_from)
                     module.register_forward_hook(add_literal)
         model(torch.zeros(1, 1, edge, edge, edge))

@@ -11,8 +11,8 @@ import torch
 
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.inference import plan_tiles, segment_tiled
-from sasi_scipion.engine.models import BACKBONES, build_backbone
-from sasi_scipion.engine.models.deepfinder import DeepFinderUNet, ZeroChannelPaddedConv3d
+from sasi_scipion.engine.models import BACKBONES, build_backbone, deepfinder
+from sasi_scipion.engine.models.deepfinder import DeepFinderUNet, PlaneStackedInputConv3d
 from sasi_scipion.engine.models.resunet import ResUNet
 
 CPU = torch.device("cpu")
@@ -116,20 +116,71 @@ def test_deepfinder_folded_upsampling_equals_upsample_concatenate_convolve() -> 
         assert torch.allclose(folded_grad, literal_grad, atol=1e-4 * literal_grad.abs().max())
 
 
-def test_zero_channel_padded_input_convolution_equals_the_plain_one() -> None:
-    """The input layer pads one channel to four with zeros: the same output and
-    gradients as the single-channel convolution (the zeros add nothing)."""
+def test_plane_stacked_input_convolution_equals_the_plain_one() -> None:
+    """The input layer convolves three z-shifted copies of the input with the
+    kernel's z-taps: the same output and gradients as the 3x3x3 convolution of
+    the single channel, whole or plane range by plane range."""
     torch.manual_seed(0)
-    conv = ZeroChannelPaddedConv3d(1, 8, 3, padding=1)
+    conv = PlaneStackedInputConv3d(1, 8, 3, padding=1)
     x = torch.randn(2, 1, 6, 10, 12, requires_grad=True)
-    padded = conv(x)
+    stacked = conv(x)
     plain = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1)
-    assert padded.shape == plain.shape == (2, 8, 6, 10, 12)
-    assert torch.allclose(padded, plain, atol=1e-6, rtol=0)
-    grads = [torch.autograd.grad(out.square().sum(), (x, conv.weight)) for out in (padded, plain)]
-    for padded_grad, plain_grad in zip(*grads):
-        assert padded_grad.shape == plain_grad.shape
-        assert torch.allclose(padded_grad, plain_grad, atol=1e-5 * plain_grad.abs().max())
+    assert stacked.shape == plain.shape == (2, 8, 6, 10, 12)
+    assert torch.allclose(stacked, plain, atol=1e-6, rtol=0)
+    for start, stop in ((0, 6), (0, 2), (2, 5), (4, 6)):
+        assert torch.allclose(conv.output_planes(x, start, stop), plain[:, :, start:stop],
+                              atol=1e-6, rtol=0)
+    grads = [torch.autograd.grad(out.square().sum(), (x, conv.weight)) for out in (stacked, plain)]
+    for stacked_grad, plain_grad in zip(*grads):
+        assert stacked_grad.shape == plain_grad.shape
+        assert torch.allclose(stacked_grad, plain_grad, atol=1e-5 * plain_grad.abs().max())
+    with pytest.raises(ValueError, match="1-channel 3x3x3"):
+        PlaneStackedInputConv3d(2, 8, 3, padding=1)
+
+
+def _bf16_deepfinder() -> DeepFinderUNet:
+    torch.manual_seed(0)
+    net = DeepFinderUNet(4).eval()
+    # larger biases, so that a wrong zero padding between slabs shows
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            torch.nn.init.uniform_(module.bias, -0.3, 0.3)
+    return net.to(torch.bfloat16).to(memory_format=torch.channels_last_3d)
+
+
+def test_slabbed_full_resolution_layers_equal_the_layer_by_layer_pass(monkeypatch) -> None:
+    """In reduced-precision CPU inference the full-resolution encoder, and the last
+    convolution and head, run in z-slabs (4 planes here, several slabs per
+    tensor): the same skip tensors, embedding and logits as the whole tensors
+    (training's path), for a whole volume and for regions inside and at its faces."""
+    monkeypatch.setattr(deepfinder, "SLAB_VOXELS", 4 * 20 * 24)
+    net = _bf16_deepfinder()
+    x = torch.randn(1, 1, 36, 20, 24).to(torch.bfloat16)
+    regions = [((0, 36), (0, 20), (0, 24)), ((8, 28), (4, 16), (4, 20)), ((0, 12), (8, 20), (0, 8))]
+    with torch.inference_mode():
+        slabbed = net.features(x)
+        slabbed_logits = [net.decode_region(slabbed, region) for region in regions]
+    with torch.no_grad(), torch.enable_grad():
+        whole = net.features(x)
+        whole_logits = [net.decode_region(whole, region) for region in regions]
+    for got, expected in zip([*slabbed, *slabbed_logits], [*whole, *whole_logits]):
+        assert got.shape == expected.shape
+        scale = expected.float().abs().max().item()
+        assert scale > 0.05
+        assert torch.allclose(got.float(), expected.float(), atol=1e-2 * scale, rtol=0)
+    # control: the slabs' neighbouring planes matter (slabs computed on their own differ)
+    with torch.inference_mode():
+        alone = torch.cat([net.enc1(x[:, :, z:z + 4]) for z in range(0, 36, 4)], dim=2)
+    assert (alone.float() - whole[0].float()).abs().max() > 0.1 * whole[0].float().abs().max()
+
+
+def test_only_reduced_precision_cpu_inference_runs_in_slabs() -> None:
+    x = torch.zeros(1, 1, 8, 8, 8)
+    with torch.inference_mode():
+        assert deepfinder._runs_in_slabs(x.to(torch.bfloat16))
+        assert deepfinder._runs_in_slabs(x.to(torch.float16))
+        assert not deepfinder._runs_in_slabs(x)
+    assert not deepfinder._runs_in_slabs(x.to(torch.bfloat16))  # gradients enabled: training
 
 
 def test_resunet_has_no_batch_or_spatial_statistics_normalisation() -> None:

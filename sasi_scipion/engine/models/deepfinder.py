@@ -22,12 +22,23 @@ kernel over the low-resolution axis, so the up-sampled channels cost 8 taps
 per output voxel instead of 27, at low resolution. Same function to float
 rounding (``tests/engine/test_backbones.py`` compares logits and gradients
 with the literal up-sample, concatenate and convolve), a fifth fewer FLOPs
-than the net as written (268,576 instead of 341,536 per voxel for K = 3 on
-large inputs), and no up-sampled or concatenated copies.
+than the net as written, and no up-sampled or concatenated copies.
 
-The input convolution (one channel in) runs on the input and kernel padded
-with zero channels to four (``ZeroChannelPaddedConv3d``): the same sums, but
-oneDNN's fast path instead of torch's slow single-channel one.
+The input convolution (one channel in) is a 1x3x3 convolution of the input's
+planes z - 1, z and z + 1 stacked as channels, plus a zero channel
+(``PlaneStackedInputConv3d``): the same sums, on oneDNN's fast path instead of
+torch's slow single-channel one, with 9 taps per channel instead of 27. With
+both, the engine computes 263,968 FLOPs per voxel for K = 3 on large inputs
+instead of the 341,536 of the net as written.
+
+In reduced-precision (bf16, fp16) CPU inference the full-resolution layers run
+in z-slabs of about ``SLAB_VOXELS`` voxels: the input convolution, the second
+encoder convolution, their ReLUs and the first max-pooling slab by slab, and
+likewise the decoder's last stage (its first convolution's skip part and
+up-sampled part, the second convolution, the 1x1x1 head), so that these
+32-channel intermediates stay in the CPU cache instead of streaming whole-tile
+tensors through memory. The same values as the layer-by-layer pass that
+training uses (``tests/engine/test_backbones.py``).
 """
 
 from __future__ import annotations
@@ -52,22 +63,40 @@ def _conv_block(in_channels: int, out_channels: int, count: int,
     return nn.Sequential(*layers)
 
 
-class ZeroChannelPaddedConv3d(nn.Conv3d):
-    """An ``nn.Conv3d`` that pads its input and kernel with zero channels up to a
-    multiple of ``CHANNEL_MULTIPLE``: the same output (the added products are
-    zero), computed by oneDNN, which a single-channel input does not reach
-    (1.9x faster for the 1 -> 32 input layer on a 64 x 128 x 128 volume, fp32, 2
-    AVX2 cores). Parameters are an ``nn.Conv3d``'s, so checkpoints load unchanged."""
+class PlaneStackedInputConv3d(nn.Conv3d):
+    """The 3x3x3 'same' convolution of a single-channel input ``(B, 1, z, y, x)``,
+    computed as a 1x3x3 convolution of four channels: the input at planes z - 1,
+    z and z + 1 (zeros beyond the ends) and a zero channel, with the kernel's
+    three z-taps as the first three channels' kernels. The same sums; oneDNN runs
+    it (a single-channel input takes torch's slow path, and four channels its
+    fast one) with a third of the taps of the kernel padded to four channels
+    (0.27 -> 0.20 s bf16, 0.56 -> 0.42 s fp32 for a 200 x 236 x 168 tile, 2 Zen 4
+    cores). Parameters are an ``nn.Conv3d(1, out, 3, padding=1)``'s, so
+    checkpoints load unchanged."""
 
-    CHANNEL_MULTIPLE = 4
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 padding: int = 1) -> None:
+        if (in_channels, kernel_size, padding) != (1, 3, 1):
+            raise ValueError("PlaneStackedInputConv3d is the 1-channel 3x3x3 'same' convolution")
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        missing = -x.shape[1] % self.CHANNEL_MULTIPLE
-        weight = nn.functional.pad(self.weight, [0] * 6 + [0, missing])
-        x = nn.functional.pad(x, [0] * 6 + [0, missing])
+        return self.output_planes(x, 0, x.shape[2])
+
+    def output_planes(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Planes ``start`` to ``stop - 1`` (along z) of ``forward(x)``, reading
+        only the input planes they need."""
+        depth = x.shape[2]
+        planes = nn.functional.pad(x[:, :, max(start - 1, 0):min(stop + 1, depth)],
+                                   [0, 0, 0, 0, int(start == 0), int(stop == depth)])
+        stacked = torch.cat([planes[:, :, tap:tap + stop - start] for tap in range(3)]
+                            + [torch.zeros_like(planes[:, :, :stop - start])], dim=1)
+        weight = torch.cat([self.weight.transpose(1, 2),
+                            self.weight.new_zeros(self.out_channels, 1, 1, 3, 3)], dim=1)
         channels_last = torch.channels_last_3d  # oneDNN's layout; the net's output follows it
-        return self._conv_forward(x.contiguous(memory_format=channels_last),
-                                  weight.contiguous(memory_format=channels_last), self.bias)
+        return nn.functional.conv3d(stacked.contiguous(memory_format=channels_last),
+                                    weight.contiguous(memory_format=channels_last),
+                                    self.bias, padding=(0, 1, 1))
 
 
 class UpsampledConcatConv3d(nn.Conv3d):
@@ -95,6 +124,15 @@ class UpsampledConcatConv3d(nn.Conv3d):
         voxels reads its true neighbours and the skip part zeros, so border
         voxels differ from convolving the cropped concatenation; callers crop them.
         """
+        out = nn.functional.conv3d(skip, self.weight[:, low.shape[1]:], self.bias, padding=1)
+        self.add_upsampled_part(out, low, window)
+        return out
+
+    def add_upsampled_part(self, out: torch.Tensor, low: torch.Tensor,
+                           window: tuple[slice, ...] | None = None) -> None:
+        """Adds to ``out`` ``(B, out, *window extents)`` the convolution of
+        ``upsample(low)[window]`` with the kernel's ``low`` channels (zeros
+        beyond ``low``'s edges); ``window`` as in ``forward``."""
         if window is None:
             window = tuple(slice(0, 2 * n) for n in low.shape[2:])
         if any(w.start % 2 or w.stop % 2 for w in window):
@@ -106,9 +144,7 @@ class UpsampledConcatConv3d(nn.Conv3d):
                         for (a, b), n in zip(lows, low.shape[2:])))],
             [p for (a, b), n in reversed(list(zip(lows, low.shape[2:])))
              for p in (int(a == 0), int(b == n))])
-        low_channels = low.shape[1]
-        phases = nn.functional.conv3d(padded, _parity_kernels(self.weight[:, :low_channels]))
-        out = nn.functional.conv3d(skip, self.weight[:, low_channels:], self.bias, padding=1)
+        phases = nn.functional.conv3d(padded, _parity_kernels(self.weight[:, :low.shape[1]]))
         batch, channels = out.shape[:2]
         (nz, ny, nx) = (b - a for a, b in lows)
         phases = phases.view(batch, 2, 2, 2, channels, *phases.shape[2:])
@@ -118,7 +154,6 @@ class UpsampledConcatConv3d(nn.Conv3d):
                 for rx in (0, 1):
                     interleaved[:, :, :, rz, :, ry, :, rx] += phases[
                         :, rz, ry, rx, :, rz:rz + nz, ry:ry + ny, rx:rx + nx]
-        return out
 
 
 def _parity_kernels(weight: torch.Tensor) -> torch.Tensor:
@@ -164,7 +199,7 @@ class DeepFinderUNet(nn.Module):
         super().__init__()
         c1, c2, c3 = width, width * 3 // 2, width * 2
         self.num_outputs = num_outputs
-        self.enc1 = _conv_block(1, c1, 2, first=ZeroChannelPaddedConv3d)
+        self.enc1 = _conv_block(1, c1, 2, first=PlaneStackedInputConv3d)
         self.enc2 = _conv_block(c1, c2, 2)
         self.bottom = _conv_block(c2, c3, 4)
         self.dec2 = _conv_block(c3 + c2, c2, 2, first=UpsampledConcatConv3d)
@@ -177,9 +212,40 @@ class DeepFinderUNet(nn.Module):
         """Encoder outputs of input ``(B, 1, z, y, x)``: the two skip tensors
         ``(B, 32, z, y, x)`` and ``(B, 48, z/2, y/2, x/2)`` and the embedding
         ``(B, 64, z/4, y/4, x/4)`` (channel counts for the default width)."""
-        s1 = self.enc1(x)
-        s2 = self.enc2(self.pool(s1))
+        if _runs_in_slabs(x):
+            s1, pooled = self._full_resolution_encoder_in_slabs(x)
+        else:
+            s1 = self.enc1(x)
+            pooled = self.pool(s1)
+        s2 = self.enc2(pooled)
         return s1, s2, self.bottom(self.pool(s2))
+
+    def _full_resolution_encoder_in_slabs(
+            self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``enc1(x)`` and its max-pooling, computed slab by slab along z: each
+        slab's 32-channel intermediate, ReLU and pooling stay in the CPU's cache
+        instead of streaming whole-tile tensors through memory. The same values
+        as the layer-by-layer pass, to the rounding of a convolution's blocking."""
+        first, second = self.enc1[0], self.enc1[2]
+        batch, _, depth, height, width = x.shape
+        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        channels_last = torch.channels_last_3d
+        s1 = torch.empty((batch, second.out_channels, depth, height, width), dtype=x.dtype,
+                         device=x.device, memory_format=channels_last)
+        pooled = torch.empty((batch, second.out_channels, depth // 2, height // 2, width // 2),
+                             dtype=x.dtype, device=x.device, memory_format=channels_last)
+        for start in range(0, depth, planes):
+            stop = min(start + planes, depth)
+            below, above = max(start - 1, 0), min(stop + 1, depth)
+            hidden = torch.relu_(first.output_planes(x, below, above))
+            # the second convolution's 'same' zero padding where the slab meets the volume's end
+            hidden = nn.functional.pad(hidden,
+                                       [0, 0, 0, 0, int(below == start), int(above == stop)])
+            out = torch.relu_(nn.functional.conv3d(hidden, second.weight, second.bias,
+                                                   padding=(0, 1, 1)))
+            s1[:, :, start:stop] = out
+            pooled[:, :, start // 2:stop // 2] = self.pool(out)
+        return s1, pooled
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder embedding ``(B, 64, z/4, y/4, x/4)`` of input ``(B, 1, z, y, x)``."""
@@ -207,10 +273,80 @@ class DeepFinderUNet(nn.Module):
         full = _widened(region, 1, 2, s1.shape[2:])
         d2 = _decode_stage(self.dec2, bottom[(..., *quarter)], s2[(..., *half)], None)
         # d2 covers half; its up-sampling covers 2 x half, which holds full
-        d1 = _decode_stage(self.dec1, d2, s1[(..., *full)], _shift(full, half, 2))
-        del d2
+        window = _shift(full, half, 2)
         core = tuple(slice(lo - f.start, hi - f.start) for (lo, hi), f in zip(region, full))
-        return self.head(d1[(..., *core)])
+        if _runs_in_slabs(d2):
+            hidden = self._first_decoder_convolution_in_slabs(d2, s1, full, window)
+            del d2
+            return self._last_convolution_and_head_in_slabs(hidden, core)
+        d1 = _decode_stage(self.dec1, d2, s1[(..., *full)], window)
+        del d2
+        return self.head(d1)[(..., *core)]  # the head before the crop: no 32-channel copy
+
+    def _first_decoder_convolution_in_slabs(self, low: torch.Tensor, s1: torch.Tensor,
+                                            full: tuple[slice, ...],
+                                            window: tuple[slice, ...]) -> torch.Tensor:
+        """``relu(dec1[0](low, s1[full], window))``, slab by slab along z: each slab's
+        skip convolution reads its planes of ``s1`` and one more on each side
+        (zeros beyond ``full``, as the whole convolution's padding), so neither
+        the cropped skip tensor nor the convolution's output before the ReLU
+        leaves the cache."""
+        conv = self.dec1[0]
+        zs, ys, xs = full
+        depth = zs.stop - zs.start
+        height, width = ys.stop - ys.start, xs.stop - xs.start
+        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        hidden = torch.empty((s1.shape[0], conv.out_channels, depth, height, width),
+                             dtype=s1.dtype, device=s1.device,
+                             memory_format=torch.channels_last_3d)
+        skip_weight = conv.weight[:, low.shape[1]:]
+        for start in range(0, depth, planes):
+            stop = min(start + planes, depth)
+            below, above = max(start - 1, 0), min(stop + 1, depth)
+            skip = nn.functional.pad(s1[:, :, zs.start + below:zs.start + above, ys, xs],
+                                     [0, 0, 0, 0, int(below == start), int(above == stop)])
+            out = nn.functional.conv3d(skip, skip_weight, conv.bias, padding=(0, 1, 1))
+            conv.add_upsampled_part(out, low, (slice(window[0].start + start,
+                                                     window[0].start + stop), *window[1:]))
+            hidden[:, :, start:stop] = torch.relu_(out)
+        return hidden
+
+    def _last_convolution_and_head_in_slabs(self, hidden: torch.Tensor,
+                                            core: tuple[slice, ...]) -> torch.Tensor:
+        """Logits ``(B, K+1, *core extents)`` of ``head(relu(dec1[2](hidden)))`` cropped
+        to ``core`` (slices of ``hidden``), slab by slab along z, so that the last
+        32-channel tensor never leaves the cache. Planes of ``hidden`` outside it
+        are the volume's zero padding (``decode_region`` widens the core by 2
+        voxels inside the volume)."""
+        conv = self.dec1[2]
+        depth, height, width = hidden.shape[2:]
+        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        zs, ys, xs = core
+        logits = torch.empty((hidden.shape[0], self.num_outputs, zs.stop - zs.start,
+                              ys.stop - ys.start, xs.stop - xs.start), dtype=hidden.dtype,
+                             device=hidden.device, memory_format=torch.channels_last_3d)
+        for start in range(zs.start, zs.stop, planes):
+            stop = min(start + planes, zs.stop)
+            below, above = max(start - 1, 0), min(stop + 1, depth)
+            slab = nn.functional.pad(hidden[:, :, below:above],
+                                     [0, 0, 0, 0, int(below == start), int(above == stop)])
+            out = torch.relu_(nn.functional.conv3d(slab, conv.weight, conv.bias, padding=(0, 1, 1)))
+            logits[:, :, start - zs.start:stop - zs.start] = self.head(out)[(..., ys, xs)]
+        return logits
+
+
+SLAB_VOXELS = 320_000
+"""Voxels per z-slab of the slab-wise full-resolution layers (``_runs_in_slabs``):
+about 20 MB per 32-channel bf16 slab, which stays in a 32 MB L3 cache."""
+
+
+def _runs_in_slabs(x: torch.Tensor) -> bool:
+    """Whether the DeepFinder U-Net runs its full-resolution encoder and its last
+    convolution and head in z-slabs: reduced-precision CPU inference. fp32 slabs
+    ran slower than whole tensors on the CPUs measured (``benchmarks/RESULTS.md``),
+    and training needs the whole tensors for the backward pass."""
+    return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+            and not torch.is_grad_enabled())
 
 
 def _widened(region: Region, scale: int, margin: int, shape: torch.Size) -> tuple[slice, ...]:
