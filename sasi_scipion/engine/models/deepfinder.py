@@ -341,10 +341,11 @@ about 20 MB per 32-channel bf16 slab, which stays in a 32 MB L3 cache."""
 
 
 def _runs_in_slabs(x: torch.Tensor) -> bool:
-    """Whether the DeepFinder U-Net runs its full-resolution encoder and its last
-    convolution and head in z-slabs: reduced-precision CPU inference. fp32 slabs
-    ran slower than whole tensors on the CPUs measured (``benchmarks/RESULTS.md``),
-    and training needs the whole tensors for the backward pass."""
+    """Whether the DeepFinder U-Net runs its full-resolution layers (encoder, last
+    decoder stage and head) in z-slabs: reduced-precision CPU inference. fp32
+    slabs ran slower than whole tensors on the CPU measured (Zen 4,
+    ``benchmarks/RESULTS.md``), and training needs the whole tensors for the
+    backward pass."""
     return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
             and not torch.is_grad_enabled())
 
