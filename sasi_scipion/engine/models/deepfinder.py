@@ -86,9 +86,7 @@ class PlaneStackedInputConv3d(nn.Conv3d):
     def output_planes(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Planes ``start`` to ``stop - 1`` (along z) of ``forward(x)``, reading
         only the input planes they need."""
-        depth = x.shape[2]
-        planes = nn.functional.pad(x[:, :, max(start - 1, 0):min(stop + 1, depth)],
-                                   [0, 0, 0, 0, int(start == 0), int(stop == depth)])
+        planes = _with_neighbour_planes(x, start, stop)
         stacked = torch.cat([planes[:, :, tap:tap + stop - start] for tap in range(3)]
                             + [torch.zeros_like(planes[:, :, :stop - start])], dim=1)
         weight = torch.cat([self.weight.transpose(1, 2),
@@ -228,7 +226,7 @@ class DeepFinderUNet(nn.Module):
         as the layer-by-layer pass, to the rounding of a convolution's blocking."""
         first, second = self.enc1[0], self.enc1[2]
         batch, _, depth, height, width = x.shape
-        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        planes = _slab_planes(height, width)
         channels_last = torch.channels_last_3d
         s1 = torch.empty((batch, second.out_channels, depth, height, width), dtype=x.dtype,
                          device=x.device, memory_format=channels_last)
@@ -236,11 +234,9 @@ class DeepFinderUNet(nn.Module):
                              dtype=x.dtype, device=x.device, memory_format=channels_last)
         for start in range(0, depth, planes):
             stop = min(start + planes, depth)
-            below, above = max(start - 1, 0), min(stop + 1, depth)
-            hidden = torch.relu_(first.output_planes(x, below, above))
+            hidden = torch.relu_(first.output_planes(x, max(start - 1, 0), min(stop + 1, depth)))
             # the second convolution's 'same' zero padding where the slab meets the volume's end
-            hidden = nn.functional.pad(hidden,
-                                       [0, 0, 0, 0, int(below == start), int(above == stop)])
+            hidden = nn.functional.pad(hidden, [0, 0, 0, 0, int(start == 0), int(stop == depth)])
             out = torch.relu_(nn.functional.conv3d(hidden, second.weight, second.bias,
                                                    padding=(0, 1, 1)))
             s1[:, :, start:stop] = out
@@ -295,16 +291,15 @@ class DeepFinderUNet(nn.Module):
         zs, ys, xs = full
         depth = zs.stop - zs.start
         height, width = ys.stop - ys.start, xs.stop - xs.start
-        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        planes = _slab_planes(height, width)
         hidden = torch.empty((s1.shape[0], conv.out_channels, depth, height, width),
                              dtype=s1.dtype, device=s1.device,
                              memory_format=torch.channels_last_3d)
         skip_weight = conv.weight[:, low.shape[1]:]
+        skip_tensor = s1[(..., *full)]
         for start in range(0, depth, planes):
             stop = min(start + planes, depth)
-            below, above = max(start - 1, 0), min(stop + 1, depth)
-            skip = nn.functional.pad(s1[:, :, zs.start + below:zs.start + above, ys, xs],
-                                     [0, 0, 0, 0, int(below == start), int(above == stop)])
+            skip = _with_neighbour_planes(skip_tensor, start, stop)
             out = nn.functional.conv3d(skip, skip_weight, conv.bias, padding=(0, 1, 1))
             conv.add_upsampled_part(out, low, (slice(window[0].start + start,
                                                      window[0].start + stop), *window[1:]))
@@ -319,17 +314,14 @@ class DeepFinderUNet(nn.Module):
         are the volume's zero padding (``decode_region`` widens the core by 2
         voxels inside the volume)."""
         conv = self.dec1[2]
-        depth, height, width = hidden.shape[2:]
-        planes = max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+        planes = _slab_planes(*hidden.shape[3:])
         zs, ys, xs = core
         logits = torch.empty((hidden.shape[0], self.num_outputs, zs.stop - zs.start,
                               ys.stop - ys.start, xs.stop - xs.start), dtype=hidden.dtype,
                              device=hidden.device, memory_format=torch.channels_last_3d)
         for start in range(zs.start, zs.stop, planes):
             stop = min(start + planes, zs.stop)
-            below, above = max(start - 1, 0), min(stop + 1, depth)
-            slab = nn.functional.pad(hidden[:, :, below:above],
-                                     [0, 0, 0, 0, int(below == start), int(above == stop)])
+            slab = _with_neighbour_planes(hidden, start, stop)
             out = torch.relu_(nn.functional.conv3d(slab, conv.weight, conv.bias, padding=(0, 1, 1)))
             logits[:, :, start - zs.start:stop - zs.start] = self.head(out)[(..., ys, xs)]
         return logits
@@ -338,6 +330,21 @@ class DeepFinderUNet(nn.Module):
 SLAB_VOXELS = 320_000
 """Voxels per z-slab of the slab-wise full-resolution layers (``_runs_in_slabs``):
 about 20 MB per 32-channel bf16 slab, which stays in a 32 MB L3 cache."""
+
+
+def _slab_planes(height: int, width: int) -> int:
+    """Planes of a z-slab of about ``SLAB_VOXELS`` voxels: even (the max-pooling
+    grid), at least 2."""
+    return max(2, SLAB_VOXELS // (height * width) // 2 * 2)
+
+
+def _with_neighbour_planes(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Planes ``start - 1`` to ``stop`` (along z) of ``x`` ``(B, C, z, y, x)``, zeros
+    beyond its ends: the input a 3-tap convolution along z needs for planes
+    ``start`` to ``stop - 1`` of its 'same' output."""
+    depth = x.shape[2]
+    return nn.functional.pad(x[:, :, max(start - 1, 0):min(stop + 1, depth)],
+                             [0, 0, 0, 0, int(start == 0), int(stop == depth)])
 
 
 def _runs_in_slabs(x: torch.Tensor) -> bool:
