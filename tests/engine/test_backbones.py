@@ -150,7 +150,7 @@ def _bf16_deepfinder() -> DeepFinderUNet:
 
 def test_slabbed_full_resolution_layers_equal_the_layer_by_layer_pass(monkeypatch) -> None:
     """In reduced-precision CPU inference the full-resolution encoder, and the last
-    convolution and head, run in z-slabs (4 planes here, several slabs per
+    decoder stage and head, run in z-slabs (4 planes here, several slabs per
     tensor): the same skip tensors, embedding and logits as the whole tensors
     (training's path), for a whole volume and for regions inside and at its faces."""
     monkeypatch.setattr(deepfinder, "SLAB_VOXELS", 4 * 20 * 24)
@@ -160,7 +160,7 @@ def test_slabbed_full_resolution_layers_equal_the_layer_by_layer_pass(monkeypatc
     with torch.inference_mode():
         slabbed = net.features(x)
         slabbed_logits = [net.decode_region(slabbed, region) for region in regions]
-    with torch.no_grad(), torch.enable_grad():
+    with torch.enable_grad():  # gradients on: the layer-by-layer path
         whole = net.features(x)
         whole_logits = [net.decode_region(whole, region) for region in regions]
     for got, expected in zip([*slabbed, *slabbed_logits], [*whole, *whole_logits]):
