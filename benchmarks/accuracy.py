@@ -17,16 +17,20 @@ Every learned row gets the same number of iterations. Results go to a JSON
 file; ``RESULTS.md`` quotes them.
 
 Profiles: ``quick`` (3 scored maps, N = 5, one seed: fits in CI time),
-``medium`` (all 12 scored maps, N = 3, 5, 10, two seeds, the quick budget: about
-an hour and a half on 2 CPU cores for four rows), ``full`` (the paper's
-scale on a bigger volume: hours on a GPU). The JSON file is rewritten after
-every row, so a long run that is stopped keeps what it measured.
+``medium`` (all 12 scored maps, N = 3, 5, 10, five seeds, 150 iterations, SNR
+0.2: about 3 minutes per training on 2 CPU cores), ``medium-lowsnr`` (the same
+at SNR 0.05, nearer SHREC 2021), ``full`` (the paper's scale on a bigger
+volume: hours on a GPU). The JSON file is rewritten after every row, with a
+``summary`` (mean and standard deviation over seeds per row and N), so a long
+run that is stopped keeps what it measured. Scores: class-agnostic ``pooled_f1``
+(a pick of any class may hit any particle) and ``class_aware_f1`` (a hit needs
+the right class: the per-class counts summed).
 
 Every learned row's model is picked with the tiled default, or with each of
 ``--pick-modes`` (``tiled``, ``sliding``: the paper's 24-voxel windows).
 
-Usage: python benchmarks/accuracy.py --profile quick|medium|full [--rows ...]
-       [--seeds 0 1] [--pick-modes tiled sliding] --out results.json
+Usage: python benchmarks/accuracy.py --profile quick|medium|medium-lowsnr|full [--rows ...]
+       [--seeds 0 1] [--pick-modes tiled sliding] [--work DIR] --out results.json
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ PROFILES = {
     "quick": {"classes": ["1S3X", "1U6G", "4CR2", "4V94"], "shape": "64,160,160",
               "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 150, "snr": 0.2},
     "medium": {"classes": None, "shape": "64,192,192", "test_tomograms": 2,
-               "labels": [3, 5, 10], "seeds": [0, 1], "iterations": 150, "snr": 0.2},
+               "labels": [3, 5, 10], "seeds": [0, 1, 2, 3, 4], "iterations": 150, "snr": 0.2},
+    "medium-lowsnr": {"classes": None, "shape": "64,192,192", "test_tomograms": 2,
+                      "labels": [3, 5, 10], "seeds": [0, 1, 2, 3, 4], "iterations": 150,
+                      "snr": 0.05},
     "full": {"classes": None, "shape": "96,256,256", "test_tomograms": 2, "labels": [3, 5, 10],
              "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1},
 }
@@ -112,6 +119,9 @@ def _score(picks: ParticleTable, data: Path, names: list[str], unscored: list[st
                 (per_class.setdefault(c, Scores()), s) for c, s in result.per_class.items()]:
             total.tp, total.fp, total.fn = (total.tp + part.tp, total.fp + part.fp,
                                             total.fn + part.fn)
+    class_aware = Scores(sum(c.tp for c in per_class.values()),
+                         sum(c.fp for c in per_class.values()),
+                         sum(c.fn for c in per_class.values()))
     groups = {}
     for group, members in SIZE_GROUPS.items():
         counts = [per_class[c] for c in members if c in per_class]
@@ -120,7 +130,31 @@ def _score(picks: ParticleTable, data: Path, names: list[str], unscored: list[st
                        sum(c.fn for c in counts))
             groups[group] = round(s.f1, 3)
     return {"pooled_f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
-            "recall": round(pooled.recall, 3), "size_groups": groups}
+            "recall": round(pooled.recall, 3), "class_aware_f1": round(class_aware.f1, 3),
+            "size_groups": groups}
+
+
+SUMMARY_METRICS = ("pooled_f1", "class_aware_f1", "precision", "recall")
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds (population, ``ddof=0``) of each
+    (row, labels, pick mode)'s metrics, in the order the rows first appear."""
+    groups: dict[tuple, list[dict]] = {}
+    for result in results:
+        key = (result["row"], result["labels"], result.get("pick_mode"))
+        groups.setdefault(key, []).append(result)
+    summary = []
+    for (row, labels, mode), members in groups.items():
+        entry = {"row": row, "labels": labels, "pick_mode": mode,
+                 "seeds": [m["seed"] for m in members]}
+        for metric in SUMMARY_METRICS:
+            values = [m[metric] for m in members if metric in m]
+            if values:
+                entry[metric] = {"mean": round(float(np.mean(values)), 3),
+                                 "sd": round(float(np.std(values)), 3)}
+        summary.append(entry)
+    return summary
 
 
 def main() -> None:
@@ -132,14 +166,17 @@ def main() -> None:
     parser.add_argument("--pick-modes", nargs="+", default=["tiled"],
                         choices=["tiled", "sliding"],
                         help="pick every learned row's model in each of these modes")
+    parser.add_argument("--work", help="folder for the data, models and picks (kept; "
+                        "default: a new temporary folder)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     profile = dict(PROFILES[args.profile])
     if args.seeds:
         profile["seeds"] = args.seeds
-    work = Path(tempfile.mkdtemp(prefix="sasi-accuracy-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sasi-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
     maps = work / "maps"
-    maps.mkdir()
+    maps.mkdir(exist_ok=True)
     for path in TEMPLATES.glob("*.mrc"):
         if profile["classes"] is None or path.stem.upper() in profile["classes"]:
             shutil.copy(path, maps / path.name)
@@ -158,7 +195,8 @@ def main() -> None:
                   "hardware": f"{platform.processor() or platform.machine()}, "
                               f"{torch.get_num_threads()} threads",
                   "torch": torch.__version__, "wall_s": round(time.perf_counter() - start),
-                  "complete": len(results) == expected, "results": results}
+                  "complete": len(results) == expected, "work": str(work),
+                  "summary": summarise(results), "results": results}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
     learned = [r for r in args.rows if r in ROWS]

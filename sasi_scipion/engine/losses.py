@@ -1,4 +1,4 @@
-"""Losses of the SaSi method and the SimCLR projection head.
+"""Losses of the SaSi method.
 
 Probability and target tensors are ``(B, K+1, z, y, x)``; integer label
 tensors are ``(B, z, y, x)`` int64 (0 = background).
@@ -95,15 +95,3 @@ def consistency_loss(model: nn.Module, x: torch.Tensor,
     with torch.no_grad():
         target = functional.softmax(model(x), dim=1)
     return dice_focal_loss(model(transform(x)), transform(target), sum_across=sum_across)
-
-
-class ProjectionHead(nn.Module):
-    """SimCLR projection: flatten the encoder embedding, ReLU, Linear to ``out_features``."""
-
-    def __init__(self, in_features: int, out_features: int = 128) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(in_features, out_features))
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        """``(B, out_features)`` projections of embeddings ``(B, C, z, y, x)``."""
-        return self.layers(embedding)

@@ -28,7 +28,8 @@ from torch import nn
 from .augment import center_crop, random_exact_transform
 from .distributed import ALONE, Replica
 from .infill import volume_infill
-from .losses import ProjectionHead, consistency_loss, dice_focal_loss, nt_xent_loss
+from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
+from .models.projection import ProjectionHead
 from .progress import ProgressLog
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
 from .training_data import TrainingData
@@ -190,7 +191,7 @@ class SaSiTrainer:
         is_ssl = bool(self.schedule[iteration])
         terms: dict[str, torch.Tensor] = {}
         guided = (
-            self.settings.consistency and self.data is not None
+            self.settings.consistency and self.data is not None and not is_ssl
             and iteration < self.settings.iterations // 2
         )
         with self._autocast():

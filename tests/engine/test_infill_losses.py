@@ -12,7 +12,6 @@ from torch.nn import functional
 from sasi_scipion.engine.augment import ExactTransform
 from sasi_scipion.engine.infill import volume_infill
 from sasi_scipion.engine.losses import (
-    ProjectionHead,
     consistency_loss,
     dice_focal_loss,
     dice_loss,
@@ -20,6 +19,7 @@ from sasi_scipion.engine.losses import (
     nt_xent_loss,
 )
 from sasi_scipion.engine.models import build_backbone
+from sasi_scipion.engine.models.projection import ProjectionHead
 
 
 def _windows() -> tuple[torch.Tensor, torch.Tensor]:
