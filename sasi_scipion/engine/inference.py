@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from .postprocess import Segmentation
+from .postprocess import Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
 ProgressCallback = Callable[[int, int], None]
@@ -256,22 +256,21 @@ def segment_tiled(
     margin = _round_up(model.receptive_margin, multiple)
     budget = max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
     plan = plan_tiles(volume.shape, margin, multiple, budget)
-    labels = np.zeros(volume.shape, dtype=np.uint8)
-    scores = np.zeros(volume.shape, dtype=np.float16)
+    maps = [np.zeros(volume.shape, dtype=dtype) for dtype in (np.uint8, np.float16, np.float16)]
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)
         core = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
         for part, logits in _core_logits(model, tile, core, device, precision,  # type: ignore[arg-type]
                                          budget // DECODE_SHARE):
-            best, label = functional.softmax(logits, dim=0).max(dim=0)
             keep = tuple(slice(i.start + lo, min(i.start + hi, n))
                          for (lo, hi), i, n in zip(part, inputs, volume.shape))
             trim = tuple(slice(0, k.stop - k.start) for k in keep)
-            labels[keep] = label.cpu().numpy()[trim]
-            scores[keep] = best.cpu().numpy()[trim]
+            for out, values in zip(maps, summarise_probabilities(
+                    functional.softmax(logits, dim=0))):
+                out[keep] = values.cpu().numpy()[trim]
         if progress:
             progress(done, len(plan))
-    return Segmentation(labels, scores)
+    return Segmentation(*maps)
 
 
 def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[tuple[int, ...]]:
@@ -318,5 +317,6 @@ def segment_sliding(
             progress(done, len(batches))
     mean = totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
     mean /= counts[None, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
-    return Segmentation(mean.argmax(axis=0).astype(np.uint8),
-                        mean.max(axis=0).astype(np.float16))
+    labels, scores, foreground = summarise_probabilities(torch.from_numpy(mean))
+    return Segmentation(labels.numpy().astype(np.uint8), scores.numpy().astype(np.float16),
+                        foreground.numpy().astype(np.float16))

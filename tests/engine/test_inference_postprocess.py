@@ -22,7 +22,7 @@ from sasi_scipion.engine.inference import (
 )
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
-from sasi_scipion.engine.postprocess import Segmentation, extract_particles
+from sasi_scipion.engine.postprocess import COMPONENT_MODES, Segmentation, extract_particles
 from sasi_scipion.engine.progress import ProgressLog
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 from sasi_scipion.engine.training_data import TrainingData
@@ -170,16 +170,24 @@ def test_precision_choices() -> None:
         resolve_precision("fp64", CPU)
 
 
+def _segmentation_of(labels: np.ndarray) -> Segmentation:
+    """Particle voxels at probability 0.8 (of their class, and of not being
+    background), background voxels at 0.9 background."""
+    particle = labels > 0
+    return Segmentation(labels, np.where(particle, 0.8, 0.9).astype(np.float16),
+                        np.where(particle, 0.8, 0.1).astype(np.float16))
+
+
 def _segmentation(particles: ParticleTable, radii: list[float],
                   shape: tuple[int, int, int] = (40, 60, 60)) -> Segmentation:
-    labels = sphere_label_volume(shape, particles, ["a", "b"], radii)
-    scores = np.where(labels > 0, 0.8, 0.9).astype(np.float16)
-    return Segmentation(labels, scores)
+    return _segmentation_of(sphere_label_volume(shape, particles, ["a", "b"], radii))
 
 
-def test_components_give_exact_centroids_and_scores() -> None:
+@pytest.mark.parametrize("components", COMPONENT_MODES)
+def test_components_give_exact_centroids_and_scores(components) -> None:
     truth = ParticleTable([[10, 12, 8], [40, 30, 20], [25, 45, 30]], ["a", "a", "b"])
-    picks = extract_particles(_segmentation(truth, [4, 5]), ["a", "b"], [4, 5])
+    picks = extract_particles(_segmentation(truth, [4, 5]), ["a", "b"], [4, 5],
+                              components=components)
     assert len(picks) == 3
     order = np.lexsort(picks.xyz.T[::-1])
     expected = np.lexsort(truth.xyz.T[::-1])
@@ -188,26 +196,49 @@ def test_components_give_exact_centroids_and_scores() -> None:
     assert np.allclose(picks.scores, 0.8, atol=1e-3)
 
 
-def test_small_components_are_dropped_and_min_score_applies() -> None:
-    seg = _segmentation(ParticleTable([[20, 20, 20]], ["a"]), [4, 5])
-    seg.labels[5, 5, 5] = 1  # a one-voxel speck of class a
-    seg.labels[30:32, 50:52, 50:52] = 2  # 8 voxels: far below a quarter of a radius-5 sphere
-    picks = extract_particles(seg, ["a", "b"], [4, 5])
+@pytest.mark.parametrize("components", COMPONENT_MODES)
+def test_small_components_are_dropped_and_min_score_applies(components) -> None:
+    labels = _segmentation(ParticleTable([[20, 20, 20]], ["a"]), [4, 5]).labels
+    labels[5, 5, 5] = 1  # a one-voxel speck of class a
+    labels[30:32, 50:52, 50:52] = 2  # 8 voxels: far below a quarter of a radius-5 sphere
+    seg = _segmentation_of(labels)
+    picks = extract_particles(seg, ["a", "b"], [4, 5], components=components)
     assert len(picks) == 1 and np.allclose(picks.xyz[0], [20, 20, 20])
-    assert len(extract_particles(seg, ["a", "b"], [4, 5], min_score=0.85)) == 0
+    assert len(extract_particles(seg, ["a", "b"], [4, 5], min_score=0.85,
+                                 components=components)) == 0
+    # one cut-off per class: class a's particle stays when only class b's cut-off is high
+    assert len(extract_particles(seg, ["a", "b"], [4, 5], min_score=[0.5, 0.85],
+                                 components=components)) == 1
 
 
-def test_touching_particles_are_split_and_fragments_merged() -> None:
+@pytest.mark.parametrize("components", COMPONENT_MODES)
+def test_touching_particles_are_split_and_fragments_merged(components) -> None:
     touching = ParticleTable([[20, 30, 20], [28, 30, 20]], ["a", "a"])  # 8 apart, radius 5
-    picks = extract_particles(_segmentation(touching, [5, 5]), ["a", "b"], [5, 5])
+    picks = extract_particles(_segmentation(touching, [5, 5]), ["a", "b"], [5, 5],
+                              components=components)
     assert len(picks) == 2
     found = np.sort(picks.xyz[:, 0])
     assert np.allclose(found, [20, 28], atol=1.0)
 
-    seg = _segmentation(ParticleTable([[30, 30, 20]], ["a"]), [5, 5])
-    seg.labels[20, 30, 30] = 0  # cut the sphere in two 26-disconnected halves
-    seg.labels[20, 29:32, 29:32] = 0
-    seg.labels[20] = 0
-    picks = extract_particles(seg, ["a", "b"], [5, 5])
+    labels = _segmentation(ParticleTable([[30, 30, 20]], ["a"]), [5, 5]).labels
+    labels[20, 30, 30] = 0  # cut the sphere in two 26-disconnected halves
+    labels[20, 29:32, 29:32] = 0
+    labels[20] = 0
+    picks = extract_particles(_segmentation_of(labels), ["a", "b"], [5, 5],
+                              components=components)
     assert len(picks) == 1
     assert np.allclose(picks.xyz[0], [30, 30, 20], atol=0.5)
+
+
+def test_a_particle_split_between_two_classes_is_one_pick_of_the_majority_class() -> None:
+    """Argmax components cut a particle whose voxels lean to two classes into two
+    picks; foreground components keep one, of the class with the larger summed
+    probability."""
+    labels = _segmentation(ParticleTable([[30, 30, 20]], ["a"]), [6, 6]).labels
+    labels[(labels > 0) & (np.arange(60)[None, None, :] >= 31)] = 2  # x >= 31 leans to b
+    seg = _segmentation_of(labels)
+    split = extract_particles(seg, ["a", "b"], [6, 6], components="argmax")
+    assert sorted(split.classes) == ["a", "b"]
+    whole = extract_particles(seg, ["a", "b"], [6, 6], components="foreground")
+    assert list(whole.classes) == ["a"]
+    assert np.allclose(whole.xyz[0], [30, 30, 20], atol=0.5)
