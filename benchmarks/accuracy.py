@@ -51,9 +51,12 @@ from torch.nn import functional
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
-from sasi_scipion.engine.metrics import Scores, evaluate_occupancy
+from sasi_scipion.engine.metrics import Scores, evaluate_czii, evaluate_occupancy
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
+from sasi_scipion.engine.picking import segment_tomogram
+from sasi_scipion.engine.postprocess import COMPONENT_MODES, extract_particles
+from sasi_scipion.engine.thresholds import score_cutoffs
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates" / "shrec21_10A"
 SIZE_GROUPS = {"small": ["1S3X", "3QM1", "3GL1", "3H84", "2CG9"],
@@ -70,6 +73,7 @@ PROFILES = {
     "full": {"classes": None, "shape": "96,256,256", "test_tomograms": 2, "labels": [3, 5, 10],
              "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1},
 }
+TRAINING_TOMOGRAM = "tomo_000"
 ROWS = {
     "plain": ["--ssl", "none", "--no-infill", "--no-consistency"],
     "+infill": ["--ssl", "none", "--no-consistency"],
@@ -108,10 +112,16 @@ def blob_picks(volume: np.ndarray, radius: float) -> ParticleTable:
     return ParticleTable(zyx[:, ::-1], np.array(["blob"] * len(zyx), dtype=object))
 
 
-def _score(picks: ParticleTable, data: Path, names: list[str], unscored: list[str]) -> dict:
+def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: list[str],
+           unscored: list[str], radii: dict[str, float] | None = None) -> dict:
+    """SHREC 2021 occupancy-rule scores over the test tomograms ``names`` (pooled,
+    class-aware, per size group), and the CZII challenge's F-beta 4 when ``radii``
+    (class -> voxels) is given (unscored classes weighted 0)."""
     pooled, per_class = Scores(), {}
+    truths = []
     for name in names:
         truth = read_particles(data / f"{name}.tsv")
+        truths.append(truth)
         occupancy = read_volume(data / f"{name}_occupancy.mrc", check_values=False).data
         result = evaluate_occupancy(picks[name] if isinstance(picks, dict) else picks, truth,
                                     occupancy.astype(np.int64), unscored=unscored)
@@ -129,25 +139,32 @@ def _score(picks: ParticleTable, data: Path, names: list[str], unscored: list[st
             s = Scores(sum(c.tp for c in counts), sum(c.fp for c in counts),
                        sum(c.fn for c in counts))
             groups[group] = round(s.f1, 3)
-    return {"pooled_f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
-            "recall": round(pooled.recall, 3), "class_aware_f1": round(class_aware.f1, 3),
-            "size_groups": groups}
+    scores = {"pooled_f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
+              "recall": round(pooled.recall, 3), "class_aware_f1": round(class_aware.f1, 3),
+              "size_groups": groups}
+    if radii is not None:
+        czii = evaluate_czii([picks[name] for name in names], truths, radii,
+                             weights=dict.fromkeys(unscored, 0.0))
+        scores["czii_f4"] = round(czii.score, 3)
+    return scores
 
 
-SUMMARY_METRICS = ("pooled_f1", "class_aware_f1", "precision", "recall")
+SUMMARY_METRICS = ("pooled_f1", "class_aware_f1", "czii_f4", "precision", "recall")
 
 
 def summarise(results: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds (population, ``ddof=0``) of each
-    (row, labels, pick mode)'s metrics, in the order the rows first appear."""
+    (row, labels, pick mode, component mode, cut-off)'s metrics, in the order the
+    rows first appear."""
     groups: dict[tuple, list[dict]] = {}
     for result in results:
-        key = (result["row"], result["labels"], result.get("pick_mode"))
+        key = (result["row"], result["labels"], result.get("pick_mode"),
+               result.get("components"), result.get("min_score"))
         groups.setdefault(key, []).append(result)
     summary = []
-    for (row, labels, mode), members in groups.items():
-        entry = {"row": row, "labels": labels, "pick_mode": mode,
-                 "seeds": [m["seed"] for m in members]}
+    for (row, labels, mode, components, cut), members in groups.items():
+        entry = {"row": row, "labels": labels, "pick_mode": mode, "components": components,
+                 "min_score": cut, "seeds": [m["seed"] for m in members]}
         for metric in SUMMARY_METRICS:
             values = [m[metric] for m in members if metric in m]
             if values:
@@ -155,6 +172,52 @@ def summarise(results: list[dict]) -> list[dict]:
                                  "sd": round(float(np.std(values)), 3)}
         summary.append(entry)
     return summary
+
+
+def rescore(report_path: Path, components: list[str], min_scores: list[float],
+            cutoff_factors: list[float]) -> dict:
+    """Pick the test tomograms again with every learned model of a finished report,
+    extracting particles with each component mode and score cut-off from one
+    segmentation per model and tomogram; return a report of the same layout whose
+    results carry ``components`` and ``min_score`` (a number, or ``auto x F``: the
+    per-class cut-offs of ``thresholds.score_cutoffs`` with factor F, from the
+    model's picks of its training tomogram and the labels it was trained on)."""
+    report = json.loads(report_path.read_text())
+    work = Path(report["work"])
+    data = work / "data"
+    dataset = json.loads((data / "dataset.json").read_text())
+    tests = dataset["tomograms"][1:]
+    results = []
+    for entry in report["results"]:
+        if entry["labels"] is None:
+            continue
+        model = work / f"{entry['row']}_{entry['labels']}_{entry['seed']}.pt"
+        segmentations = {}
+        for name in [TRAINING_TOMOGRAM, *tests]:
+            segmentations[name], meta = segment_tomogram(model, data / f"{name}.mrc",
+                                                         torch.device("cpu"),
+                                                         entry.get("pick_mode", "tiled"))
+        training = segmentations.pop(TRAINING_TOMOGRAM)
+        labels = read_particles(work / f"labels_{entry['labels']}_{entry['seed']}.tsv")
+        for mode in components:
+            training_picks = extract_particles(training, meta.classes, meta.radii,
+                                               components=mode)
+            cuts: list[tuple[float | str, float | list[float]]] = [(c, c) for c in min_scores]
+            cuts += [(f"auto x {factor}", score_cutoffs([training_picks], [labels],
+                                                        meta.classes, meta.radii, factor))
+                     for factor in cutoff_factors]
+            for name_of_cut, cut in cuts:
+                picks = {name: extract_particles(seg, meta.classes, meta.radii,
+                                                 min_score=cut, components=mode)
+                         for name, seg in segmentations.items()}
+                results.append({**{k: entry[k] for k in ("row", "labels", "seed", "train_s")},
+                                "pick_mode": entry.get("pick_mode", "tiled"),
+                                "components": mode, "min_score": name_of_cut,
+                                **_score(picks, data, tests, dataset["unscored"],
+                                         report["radii"])})
+                print(results[-1], file=sys.stderr)
+    return {**report, "rescored": str(report_path), "summary": summarise(results),
+            "results": results}
 
 
 def main() -> None:
@@ -168,8 +231,22 @@ def main() -> None:
                         help="pick every learned row's model in each of these modes")
     parser.add_argument("--work", help="folder for the data, models and picks (kept; "
                         "default: a new temporary folder)")
+    parser.add_argument("--rescore", type=Path,
+                        help="a finished report: pick its models again (see --components)")
+    parser.add_argument("--components", nargs="+", default=list(COMPONENT_MODES),
+                        choices=COMPONENT_MODES, help="with --rescore: component modes")
+    parser.add_argument("--min-scores", nargs="+", type=float, default=[0.0],
+                        help="with --rescore: score cut-offs")
+    parser.add_argument("--cutoff-factors", nargs="+", type=float, default=[],
+                        help="with --rescore: also per-class cut-offs from the training "
+                             "tomogram's labels, with each of these factors")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.rescore:
+        Path(args.out).write_text(json.dumps(
+            rescore(args.rescore, args.components, args.min_scores, args.cutoff_factors),
+            indent=2) + "\n")
+        return
     profile = dict(PROFILES[args.profile])
     if args.seeds:
         profile["seeds"] = args.seeds
@@ -210,7 +287,7 @@ def main() -> None:
                         **_score(picks, data, tests, dataset["unscored"])})
         print(results[-1], file=sys.stderr)
         save()
-    truth = read_particles(data / "tomo_000.tsv")
+    truth = read_particles(data / f"{TRAINING_TOMOGRAM}.tsv")
     truth = truth.subset(np.isin(truth.classes, [c for c in truth.class_names
                                                  if c not in dataset["unscored"]]))
     for seed in profile["seeds"]:  # seed outermost: a stopped run still covers every N
@@ -220,7 +297,8 @@ def main() -> None:
             for row in learned:
                 model = work / f"{row}_{n}_{seed}.pt"
                 began = time.perf_counter()
-                _sasi("train", "--tomogram", str(data / "tomo_000.mrc"), "--coords", str(labels),
+                _sasi("train", "--tomogram", str(data / f"{TRAINING_TOMOGRAM}.mrc"),
+                      "--coords", str(labels),
                       *[a for c, r in radii.items() if c not in dataset["unscored"]
                         for a in ("--radius", f"{c}={r}")],
                       "--out", str(model), "--iterations", str(profile["iterations"]),
@@ -236,7 +314,7 @@ def main() -> None:
                         picks[name] = read_particles(out, allow_empty=True)
                     results.append({"row": row, "labels": n, "seed": seed, "pick_mode": mode,
                                     "train_s": round(train_s),
-                                    **_score(picks, data, tests, dataset["unscored"])})
+                                    **_score(picks, data, tests, dataset["unscored"], radii)})
                     print(results[-1], file=sys.stderr)
                     save()
     print(Path(args.out).read_text())

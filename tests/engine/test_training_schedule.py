@@ -1,8 +1,29 @@
-"""ISS / PSS self-supervision schedules."""
+"""ISS / PSS self-supervision schedules, SimCLR collapse detection, weight averaging."""
 
 from __future__ import annotations
 
-from sasi_scipion.engine.training import TrainingSettings, ssl_iterations
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.masks import sphere_label_volume
+from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
+from sasi_scipion.engine.training import (
+    COLLAPSE_STEPS,
+    SIMCLR_COLLAPSE,
+    SaSiTrainer,
+    TrainingSettings,
+    collapse_iteration,
+    simclr_collapse_loss,
+    simclr_collapsed,
+    ssl_iterations,
+)
+from sasi_scipion.engine.training_data import TrainingData
+
+CPU = torch.device("cpu")
 
 
 def test_iss_runs_ssl_first() -> None:
@@ -21,3 +42,54 @@ def test_pss_spreads_ssl_blocks_over_the_first_half() -> None:
 
 def test_none_has_no_ssl() -> None:
     assert not ssl_iterations(TrainingSettings(iterations=50, ssl="none")).any()
+
+
+def _ssl_history(losses: list[float]) -> list[dict]:
+    return [{"iteration": i + 1, "phase": "ssl", "loss": v, "loss_ssl": v}
+            for i, v in enumerate(losses)]
+
+
+def test_simclr_collapse_is_the_loss_stuck_at_ln_2b_minus_1() -> None:
+    stuck = math.log(31)  # batch 16: 2 x 16 - 1 others for every view
+    assert simclr_collapse_loss(16) == pytest.approx(3.434, abs=1e-3)
+    assert not simclr_collapsed(_ssl_history([stuck] * (COLLAPSE_STEPS - 1)), 16)
+    assert simclr_collapsed(_ssl_history([2.0] * 5 + [stuck * 0.995] * COLLAPSE_STEPS), 16)
+    learning = [stuck] * (COLLAPSE_STEPS - 1) + [stuck * 0.9]
+    assert not simclr_collapsed(_ssl_history(learning), 16)
+    # supervised records in between do not hide a collapse
+    mixed = _ssl_history([stuck] * COLLAPSE_STEPS)
+    mixed.insert(3, {"iteration": 99, "phase": "supervised", "loss": 1.0, "loss_sup": 1.0})
+    assert simclr_collapsed(mixed, 16)
+    assert collapse_iteration(mixed) is None
+    mixed[-1]["warning"] = SIMCLR_COLLAPSE
+    assert collapse_iteration(mixed) == mixed[-1]["iteration"]
+
+
+def _tiny_trainer(settings: TrainingSettings) -> SaSiTrainer:
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(24, 32, 32)).astype(np.float32)
+    particles = ParticleTable([[10, 12, 12], [20, 20, 12]], ["a", "a"])
+    labels = sphere_label_volume(volume.shape, particles, ["a"], [3])
+    data = TrainingData([volume], [labels], [particles], ["a"], [3], 10.0)
+    torch.manual_seed(0)
+    return SaSiTrainer(DeepFinderUNet(2, width=4), data, [volume], settings, CPU)
+
+
+def test_ema_saves_the_ramped_moving_average_of_the_weights() -> None:
+    settings = TrainingSettings(iterations=4, ssl="none", consistency=False, infill=False,
+                                batch_size=2, ema_decay=0.5)
+    trainer = _tiny_trainer(settings)
+    weight = trainer.model.head.weight
+    expected = None
+    for iteration in range(settings.iterations):
+        trainer.step(iteration)
+        current = weight.detach().clone()
+        # the first update copies; then rate = min(0.5, (1 + n) / (10 + n))
+        rate = min(0.5, (1 + iteration) / (10 + iteration))
+        expected = current if expected is None else expected + (current - expected) * (1 - rate)
+    averaged = trainer.trained_model().head.weight
+    assert torch.allclose(averaged, expected, atol=1e-7)
+    assert not torch.allclose(averaged, weight)
+    plain = _tiny_trainer(TrainingSettings(iterations=1, ssl="none", consistency=False,
+                                           infill=False, batch_size=2))
+    assert plain.trained_model() is plain.model
