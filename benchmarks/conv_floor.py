@@ -108,32 +108,37 @@ def conv_layers(arch: str = ARCH, edge: int = LAYER_EDGE) -> list[dict]:
 
 def time_conv(in_channels: int, out_channels: int, kernel: int, zyx: tuple[int, int, int],
               dtype: torch.dtype, channels_last: bool, warmup: int = 3,
-              repeats: int = 7) -> float:
-    """Median seconds of one ``Conv3d`` forward ('same' padding, batch 1)."""
+              repeats: int = 7, device: str = "cpu") -> float:
+    """Median seconds of one ``Conv3d`` forward ('same' padding, batch 1) on ``device``
+    (on a GPU each run waits for the device to finish)."""
     torch.manual_seed(0)
-    conv = nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2).to(dtype).eval()
-    x = torch.randn(1, in_channels, *zyx).to(dtype)
+    conv = nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2)
+    conv = conv.to(device, dtype).eval()
+    x = torch.randn(1, in_channels, *zyx, device=device).to(dtype)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
+    wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
             start = time.perf_counter()
             conv(x)
+            wait()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def best_gflops(in_channels: int, out_channels: int, kernel: int, zyx: tuple[int, int, int],
-                dtype: torch.dtype, warmup: int = 3, repeats: int = 7) -> dict:
+                dtype: torch.dtype, warmup: int = 3, repeats: int = 7,
+                device: str = "cpu") -> dict:
     """GFLOP/s of the faster layout (contiguous or channels-last 3D) for one layer."""
     flops = 2 * in_channels * out_channels * kernel**3 * zyx[0] * zyx[1] * zyx[2]
     rates = {}
     for channels_last in (False, True):
         seconds = time_conv(in_channels, out_channels, kernel, zyx, dtype, channels_last,
-                            warmup, repeats)
+                            warmup, repeats, device)
         rates["channels_last" if channels_last else "contiguous"] = flops / seconds / 1e9
     layout = max(rates, key=rates.__getitem__)
     return {"gflops": round(rates[layout], 1), "layout": layout,

@@ -38,6 +38,7 @@ Usage: python benchmarks/pick_speed.py [--sizes 64,128,128 96,256,256 200,512,51
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -59,7 +60,7 @@ INSTALL_HINT = "pip install -e .[bench]"
 
 
 def _monai_segment(model: torch.nn.Module, volume: np.ndarray, roi: tuple[int, int, int],
-                   batch: int) -> tuple[np.ndarray, np.ndarray]:
+                   batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     try:
         from monai.inferers import sliding_window_inference
     except ImportError as error:
@@ -67,19 +68,31 @@ def _monai_segment(model: torch.nn.Module, volume: np.ndarray, roi: tuple[int, i
                          f"install the benchmark extra: {INSTALL_HINT}") from error
     if hasattr(os, "sched_getaffinity"):
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-    model = model.to(memory_format=torch.channels_last_3d).eval()
+    model = model.to(device, memory_format=torch.channels_last_3d).eval()
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         return model(x.contiguous(memory_format=torch.channels_last_3d))
 
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(volume)[None, None], roi, batch,
-                                          predictor, overlap=MONAI_OVERLAP, mode=MONAI_BLEND)
+        logits = sliding_window_inference(torch.from_numpy(volume)[None, None].to(device), roi,
+                                          batch, predictor, overlap=MONAI_OVERLAP,
+                                          mode=MONAI_BLEND)
         best, label = torch.softmax(logits[0], dim=0).max(dim=0)
-    return label.to(torch.uint8).numpy(), best.to(torch.float16).numpy()
+    return label.to(torch.uint8).cpu().numpy(), best.to(torch.float16).cpu().numpy()
 
 
-def _measure(mode: str, shape: tuple[int, int, int]) -> dict:
+@functools.lru_cache(maxsize=1)
+def random_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    """The seeded random ``float32`` volume every mode picks, kept for the next call with
+    the same shape (the modes only read it)."""
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def measure_mode(mode: str, shape: tuple[int, int, int], device: torch.device,
+                 max_tile_voxels: int | None = None) -> dict:
+    """One picking run of ``mode`` on a random ``shape`` volume on ``device`` (tiled modes:
+    at the tile budget ``max_tile_voxels``, default the device type's): seconds, voxels/s
+    and the process's peak RSS (MB) so far."""
     from sasi_scipion.engine.inference import (
         MAX_TILE_VOXELS,
         _round_up,
@@ -92,25 +105,24 @@ def _measure(mode: str, shape: tuple[int, int, int]) -> dict:
 
     torch.manual_seed(0)
     model = build_backbone("deepfinder", 4)
-    volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    volume = random_volume(shape)
     kind, precision = MODES[mode]
-    device = torch.device("cpu")
     extra: dict = {}
     start = time.perf_counter()
     if kind == "tiled":
-        segment_tiled(model, volume, device, precision=precision)
+        segment_tiled(model, volume, device, max_tile_voxels, precision)
     elif kind == "sliding":
         segment_sliding(model, volume, device, precision=precision)
     else:
         if kind == "monai":
             margin = _round_up(model.receptive_margin, model.size_multiple)
-            roi = tile_extents(shape, margin, model.size_multiple, MAX_TILE_VOXELS["cpu"])
+            roi = tile_extents(shape, margin, model.size_multiple, MAX_TILE_VOXELS[device.type])
             batch = 1
         else:
             roi, batch = (64, 64, 64), 4
         extra = {"roi_zyx": list(roi), "sw_batch_size": batch, "overlap": MONAI_OVERLAP,
                  "blend": MONAI_BLEND}
-        _monai_segment(model, volume, roi, batch)
+        _monai_segment(model, volume, roi, batch, device)
     seconds = time.perf_counter() - start
     return {"mode": mode, "precision": resolve_precision(precision, device),
             "shape_zyx": list(shape), "seconds": round(seconds, 2),
@@ -118,11 +130,12 @@ def _measure(mode: str, shape: tuple[int, int, int]) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, **extra}
 
 
-def tiled_work_ratio(shape: tuple[int, int, int], device_type: str = "cpu") -> float:
-    """FLOPs ``segment_tiled`` computes on a ``(z, y, x)`` volume at the default tile
-    budget, over ``flops_per_voxel`` x the volume's voxels: the price of tile
-    margins (encoder), decoder widening and padding. Counted by
-    ``torch.utils.flop_counter`` on meta tensors (no arithmetic is done)."""
+def tiled_work_ratio(shape: tuple[int, int, int], device_type: str = "cpu",
+                     max_tile_voxels: int | None = None) -> float:
+    """FLOPs ``segment_tiled`` computes on a ``(z, y, x)`` volume at the tile budget
+    ``max_tile_voxels`` (default: the device type's), over ``flops_per_voxel`` x the
+    volume's voxels: the price of tile margins (encoder), decoder widening and padding.
+    Counted by ``torch.utils.flop_counter`` on meta tensors (no arithmetic is done)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sasi_scipion.engine.inference import (
@@ -136,7 +149,7 @@ def tiled_work_ratio(shape: tuple[int, int, int], device_type: str = "cpu") -> f
 
     model = build_backbone("deepfinder", NUM_OUTPUTS).to("meta").eval()
     multiple = model.size_multiple
-    budget = MAX_TILE_VOXELS[device_type]
+    budget = max_tile_voxels or MAX_TILE_VOXELS[device_type]
     plan = plan_tiles(shape, _round_up(model.receptive_margin, multiple), multiple, budget)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         for inputs, cores in plan:
@@ -146,6 +159,21 @@ def tiled_work_ratio(shape: tuple[int, int, int], device_type: str = "cpu") -> f
             for part in split_box(core, budget // DECODE_SHARE, multiple):  # type: ignore[arg-type]
                 model.decode_region(features, part)
     return counter.get_total_flops() / (flops_per_voxel() * float(np.prod(shape)))
+
+
+def skip_row(rows: list[dict], mode: str, shape: list[int], max_seconds: float) -> dict | None:
+    """The row that skips ``mode`` at ``shape`` when its voxels/s in its last measured row
+    predicts more than ``max_seconds`` seconds there; ``None`` to run it."""
+    earlier = [r for r in rows if r["mode"] == mode and "skipped" not in r]
+    if not earlier:
+        return None
+    predicted = float(np.prod(shape)) / earlier[-1]["voxels_per_s"]
+    if predicted <= max_seconds:
+        return None
+    return {"mode": mode, "precision": earlier[-1]["precision"], "shape_zyx": shape,
+            "skipped": f"predicted {predicted:.0f} s from its voxels/s at "
+                       f"{'x'.join(map(str, earlier[-1]['shape_zyx']))} "
+                       f"(over the limit of {max_seconds:.0f} s)"}
 
 
 def _child(mode: str, size: str) -> dict:
@@ -172,7 +200,8 @@ def add_ratios(rows: list[dict], best: dict, flops: float) -> None:
         adjacent = flops * voxels / (row["floor_gflops"] * 1e9)
         row["time_vs_adjacent_floor"] = round(row["seconds"] / adjacent, 2)
         if row["mode"].startswith("tiled"):
-            row.setdefault("work_ratio", round(tiled_work_ratio(tuple(row["shape_zyx"])), 3))
+            if "work_ratio" not in row:
+                row["work_ratio"] = round(tiled_work_ratio(tuple(row["shape_zyx"])), 3)
             row["time_vs_work_floor"] = round(row["time_vs_floor"] / row["work_ratio"], 2)
         tiled = next((r for r in rows if r["mode"] == "tiled" and "skipped" not in r
                       and r["shape_zyx"] == row["shape_zyx"]), None)
@@ -237,7 +266,8 @@ def main() -> None:
         if args.child[0] == "floor":
             floor = measure_floor(warmup=2, repeats=5, per_layer=False)
         else:
-            floor = _measure(args.child[0], tuple(int(v) for v in args.child[1].split(",")))
+            floor = measure_mode(args.child[0], tuple(int(v) for v in args.child[1].split(",")),
+                                 torch.device("cpu"))
         print(json.dumps(floor))
         return
     if any(MODES[m][0].startswith("monai") for m in args.modes):
@@ -250,19 +280,12 @@ def main() -> None:
     rows: list[dict] = []
     for size in args.sizes:
         shape = [int(v) for v in size.split(",")]
-        voxels = float(np.prod(shape))
         for mode in args.modes:
-            earlier = [r for r in rows if r["mode"] == mode and "skipped" not in r]
-            if earlier:
-                predicted = voxels / earlier[-1]["voxels_per_s"]
-                if predicted > args.max_seconds:
-                    rows.append({"mode": mode, "precision": earlier[-1]["precision"],
-                                 "shape_zyx": shape, "skipped": (
-                                     f"predicted {predicted:.0f} s from its voxels/s at "
-                                     f"{'x'.join(map(str, earlier[-1]['shape_zyx']))} "
-                                     f"(over --max-seconds {args.max_seconds:.0f})")})
-                    print(rows[-1], file=sys.stderr)
-                    continue
+            skipped = skip_row(rows, mode, shape, args.max_seconds)
+            if skipped:
+                rows.append(skipped)
+                print(rows[-1], file=sys.stderr)
+                continue
             floor = _child("floor", size)
             for key in ("fp32", "bf16"):
                 if key in floor and floor[key]["gflops"] > best.get(key, {}).get("gflops", 0):

@@ -45,6 +45,10 @@ from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 from sasi_scipion.engine.training_data import load_training_data
 
 SEED = 0
+TARGET_F1 = 0.9
+"""The demo's F1 target: pooled F1 on tomo_001, occupancy rule."""
+BUDGETS = (100, 200, 300, 600)
+"""Training budgets (iterations) tried in turn for the time to ``TARGET_F1`` on a CPU."""
 
 
 def _run(*argv: str) -> None:
@@ -52,27 +56,45 @@ def _run(*argv: str) -> None:
         raise SystemExit(f"'sasi {' '.join(argv)}' failed (see above)")
 
 
-def prepare(work: Path) -> list[str]:
-    """Simulate the demo data in ``work``, write its labels; return the radius options."""
+def prepare(work: Path, shape: str = DEMO_SHAPE) -> list[str]:
+    """Simulate the demo data (two ``shape`` tomograms, ``z,y,x`` voxels) in ``work``, write
+    its labels; return the radius options."""
     data = work / "data"
-    _run("simulate", str(data), "--tomograms", "2", "--shape", DEMO_SHAPE, "--seed", str(SEED))
+    _run("simulate", str(data), "--tomograms", "2", "--shape", shape, "--seed", str(SEED))
     labels = few_labels(read_particles(data / "tomo_000.tsv"), DEMO_LABELS_PER_CLASS, SEED)
     write_particles(work / "labels.tsv", labels)
-    radii = json.loads((data / "dataset.json").read_text())["radii"]
+    return radius_options(work)
+
+
+def radius_options(work: Path) -> list[str]:
+    """``--radius CLASS=R`` values (voxels) of the data ``prepare`` simulated in ``work``."""
+    radii = json.loads((work / "data" / "dataset.json").read_text())["radii"]
     return [f"{name}={radius}" for name, radius in radii.items()]
 
 
-def step_rates(work: Path, radii: list[str], iterations: int, warmup: int) -> dict:
-    """Iterations per second of each kind of default training step (see module docstring)."""
-    device = torch.device("cpu")
+def default_trainer(work: Path, radii: list[str], device: torch.device,
+                    trainer_class: type[SaSiTrainer] = SaSiTrainer,
+                    **settings: object) -> SaSiTrainer:
+    """A trainer of the ``sasi train`` default run on ``device`` (its default budget) for
+    the labelled tomogram of ``prepare``; ``settings`` override ``TrainingSettings`` fields."""
     data = load_training_data([str(work / "data" / "tomo_000.mrc")],
                               [str(work / "labels.tsv")], radii, WINDOW)
-    total = DEFAULT_ITERATIONS["cpu"]
-    settings = TrainingSettings(iterations=total, window=WINDOW, seed=SEED)
+    options = TrainingSettings(iterations=DEFAULT_ITERATIONS[device.type], window=WINDOW,
+                               seed=SEED, **settings)  # type: ignore[arg-type]
     torch.manual_seed(SEED)
     model = build_backbone("deepfinder", len(data.class_names) + 1)
-    trainer = SaSiTrainer(model, data, data.volumes, settings, device)
-    ssl_steps = int(round(settings.ssl_fraction * total))
+    return trainer_class(model, data, data.volumes, options, device)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rates(trainer: SaSiTrainer, iterations: int, warmup: int) -> dict:
+    """Iterations per second of each kind of default training step (see module docstring)."""
+    total = trainer.settings.iterations
+    ssl_steps = int(round(trainer.settings.ssl_fraction * total))
     phases = {"ssl+consistency": 0, "supervised+consistency": ssl_steps,
               "supervised": total // 2}
     shares = {"ssl+consistency": ssl_steps / total,
@@ -82,9 +104,11 @@ def step_rates(work: Path, radii: list[str], iterations: int, warmup: int) -> di
     for phase, first in phases.items():
         for i in range(warmup):
             trainer.step(first + i)
+        _synchronise(trainer.device)
         start = time.perf_counter()
         for i in range(iterations):
             trainer.step(first + warmup + i)
+        _synchronise(trainer.device)
         rates[phase] = round(iterations / (time.perf_counter() - start), 3)
         print(f"{phase}: {rates[phase]} it/s", file=sys.stderr)
     seconds_per_it = sum(shares[p] / rates[p] for p in rates)
@@ -93,8 +117,11 @@ def step_rates(work: Path, radii: list[str], iterations: int, warmup: int) -> di
             "predicted_default_run_s": round(total * seconds_per_it)}
 
 
-def time_to_f1(work: Path, radii: list[str], budgets: list[int], target: float) -> list[dict]:
-    """Train, pick and score the demo for each budget until pooled F1 reaches ``target``."""
+def time_to_f1(work: Path, radii: list[str], budgets: list[int], target: float,
+               device: str = "cpu", train_options: tuple[str, ...] = ()) -> list[dict]:
+    """Train (``sasi train`` with ``train_options``), pick and score the demo on ``device``
+    for each budget until pooled F1 reaches ``target``; seconds per row. The models stay
+    in ``work`` as ``model_<budget>.pt``."""
     data = work / "data"
     occupancy = read_volume(data / "tomo_001_occupancy.mrc",
                             check_values=False).data.astype(np.int64)
@@ -106,12 +133,12 @@ def time_to_f1(work: Path, radii: list[str], budgets: list[int], target: float) 
         _run("train", "--tomogram", str(data / "tomo_000.mrc"),
              "--coords", str(work / "labels.tsv"), *[a for r in radii for a in ("--radius", r)],
              "--out", str(model), "--iterations", str(budget), "--seed", str(SEED),
-             "--device", "cpu")
+             "--device", device, *train_options)
         train_s = time.perf_counter() - start
         picks = work / f"picks_{budget}.tsv"
         start = time.perf_counter()
         _run("pick", "--model", str(model), "--tomogram", str(data / "tomo_001.mrc"),
-             "--out", str(picks), "--device", "cpu")
+             "--out", str(picks), "--device", device)
         pick_s = time.perf_counter() - start
         pooled = evaluate_occupancy(read_particles(picks, allow_empty=True), truth,
                                     occupancy).pooled
@@ -129,14 +156,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=40, help="timed steps per kind")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[100, 200, 300, 600])
-    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--target", type=float, default=TARGET_F1)
     parser.add_argument("--out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sasi-train-speed-") as folder:
         work = Path(folder)
         radii = prepare(work)
-        steps = step_rates(work, radii, args.iterations, args.warmup)
+        trainer = default_trainer(work, radii, torch.device("cpu"))
+        steps = step_rates(trainer, args.iterations, args.warmup)
         f1_rows = time_to_f1(work, radii, args.budgets, args.target)
     reached = next((r for r in f1_rows if r["f1"] >= args.target), None)
     write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=DEMO_SHAPE,

@@ -1,0 +1,67 @@
+"""The GPU check's dry run, ``benchmarks/gpu_check.sh OUT --device cpu --tiny``, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sasi_scipion.engine.inference import MAX_TILE_VOXELS
+from sasi_scipion.engine.train_command import DEFAULT_ITERATIONS
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["floor", "train", "time_to_f1", "pick", "correct"]
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("gpu-check")
+    run = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu", "--tiny"],
+        env={**os.environ, "SASI_GPU_PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {f"{stage}.{kind}" for stage in STAGES for kind in ("json", "log")} <= {
+        path.name for path in out.iterdir()}
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_every_stage_ran_and_passed(summary: dict) -> None:
+    assert list(summary["stages"]) == STAGES
+    for stage in summary["stages"].values():
+        assert stage["rc"] == 0 and stage["result"] and 0 <= stage["seconds"] <= stage["limit_s"]
+    defaults = summary["stages"]["floor"]["result"]["environment"]["defaults"]
+    assert defaults["max_tile_voxels"] == MAX_TILE_VOXELS["cpu"]
+    assert defaults["train_iterations"] == DEFAULT_ITERATIONS["cpu"]
+    assert defaults["pick_precision"] in ("bf16", "fp32")
+
+
+def test_speeds_are_measured(summary: dict) -> None:
+    results = {name: stage["result"] for name, stage in summary["stages"].items()}
+    assert results["floor"]["floor"]["fp32"]["gflops"] > 0
+    fp32 = results["train"]["precisions"]["fp32"]
+    assert fp32["default_run_it_per_s"] > 0 and fp32["vs_fp32"] == 1.0
+    assert all("error" not in entry for entry in results["train"]["precisions"].values())
+    (row,) = results["time_to_f1"]["rows"]
+    assert row["train_s"] > 0 and 0 <= row["f1"] <= 1
+    rows = results["pick"]["rows"]
+    assert {"tiled", "tiled-fp32", "sliding", "monai"} <= {row["mode"] for row in rows}
+    for row in rows:
+        assert row.get("skipped") or (row["voxels_per_s"] > 0 and row["time_vs_floor"] > 0)
+    assert all("skipped" not in row for row in rows if not row["mode"].startswith("monai"))
+
+
+def test_tiled_labels_equal_the_whole_volume_pass(summary: dict) -> None:
+    result = summary["stages"]["correct"]["result"]
+    assert result["setup"]["whole_pass_tiles"] == 1 < result["setup"]["tiles"]
+    comparisons = result["tiled_vs_whole"]
+    assert "fp32" in comparisons
+    for entry in comparisons.values():
+        assert entry["labels_equal"] and entry["mismatched_voxels"] == 0
+    default = result["precision_agreement"]["precision"]
+    assert comparisons[default]["picks_f1"] == 1.0
+    assert 0.9 < result["precision_agreement"]["label_agreement"] <= 1
