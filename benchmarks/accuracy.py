@@ -36,6 +36,7 @@ Usage: python benchmarks/accuracy.py --profile quick|medium|medium-lowsnr|full [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shutil
@@ -55,7 +56,11 @@ from sasi_scipion.engine.metrics import Scores, evaluate_czii, evaluate_occupanc
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
 from sasi_scipion.engine.picking import segment_tomogram
-from sasi_scipion.engine.postprocess import COMPONENT_MODES, extract_particles
+from sasi_scipion.engine.postprocess import (
+    COMPONENT_MODES,
+    FOREGROUND_THRESHOLD,
+    extract_particles,
+)
 from sasi_scipion.engine.thresholds import score_cutoffs
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates" / "shrec21_10A"
@@ -175,13 +180,14 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def rescore(report_path: Path, components: list[str], min_scores: list[float],
-            cutoff_factors: list[float]) -> dict:
+            cutoff_factors: list[float], foreground_thresholds: list[float]) -> dict:
     """Pick the test tomograms again with every learned model of a finished report,
     extracting particles with each component mode and score cut-off from one
     segmentation per model and tomogram; return a report of the same layout whose
     results carry ``components`` and ``min_score`` (a number, or ``auto x F``: the
     per-class cut-offs of ``thresholds.score_cutoffs`` with factor F, from the
-    model's picks of its training tomogram and the labels it was trained on)."""
+    model's picks of its training tomogram and the labels it was trained on), and
+    ``foreground`` and ``peaks`` at each of ``foreground_thresholds``."""
     report = json.loads(report_path.read_text())
     work = Path(report["work"])
     data = work / "data"
@@ -199,20 +205,25 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
                                                          entry.get("pick_mode", "tiled"))
         training = segmentations.pop(TRAINING_TOMOGRAM)
         labels = read_particles(work / f"labels_{entry['labels']}_{entry['seed']}.tsv")
-        for mode in components:
-            training_picks = extract_particles(training, meta.classes, meta.radii,
-                                               components=mode)
+        for mode, threshold in [(m, t) for m in components
+                                for t in (foreground_thresholds if m != "argmax"
+                                          else [None])]:
+            extract = functools.partial(extract_particles, class_names=meta.classes,
+                                        radii=meta.radii, components=mode,
+                                        **({} if threshold is None
+                                           else {"foreground_threshold": threshold}))
+            training_picks = extract(training)
             cuts: list[tuple[float | str, float | list[float]]] = [(c, c) for c in min_scores]
             cuts += [(f"auto x {factor}", score_cutoffs([training_picks], [labels],
                                                         meta.classes, meta.radii, factor))
                      for factor in cutoff_factors]
             for name_of_cut, cut in cuts:
-                picks = {name: extract_particles(seg, meta.classes, meta.radii,
-                                                 min_score=cut, components=mode)
+                picks = {name: extract(seg, min_score=cut)
                          for name, seg in segmentations.items()}
                 results.append({**{k: entry[k] for k in ("row", "labels", "seed", "train_s")},
                                 "pick_mode": entry.get("pick_mode", "tiled"),
-                                "components": mode, "min_score": name_of_cut,
+                                "components": mode if threshold is None
+                                else f"{mode} > {threshold}", "min_score": name_of_cut,
                                 **_score(picks, data, tests, dataset["unscored"],
                                          report["radii"])})
                 print(results[-1], file=sys.stderr)
@@ -240,11 +251,16 @@ def main() -> None:
     parser.add_argument("--cutoff-factors", nargs="+", type=float, default=[],
                         help="with --rescore: also per-class cut-offs from the training "
                              "tomogram's labels, with each of these factors")
+    parser.add_argument("--foreground-thresholds", nargs="+", type=float,
+                        default=[FOREGROUND_THRESHOLD],
+                        help="with --rescore: particle probabilities for foreground "
+                             "components")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.rescore:
         Path(args.out).write_text(json.dumps(
-            rescore(args.rescore, args.components, args.min_scores, args.cutoff_factors),
+            rescore(args.rescore, args.components, args.min_scores, args.cutoff_factors,
+                    args.foreground_thresholds),
             indent=2) + "\n")
         return
     profile = dict(PROFILES[args.profile])

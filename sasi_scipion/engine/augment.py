@@ -8,7 +8,6 @@ tomogram shows, so augmented windows stay realistic.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,13 +16,6 @@ from torch.nn import functional
 
 SPATIAL_DIMS = (-3, -2, -1)
 """Tensor dimensions of z, y and x."""
-
-
-def context_size(window: int) -> int:
-    """Edge of the crop that stays fill-free after any rotation about z: ``ceil(sqrt(2) W)``,
-    rounded up to an even number (34 for W = 24)."""
-    size = math.ceil(math.sqrt(2.0) * window)
-    return size + size % 2
 
 
 def rotate_about_z(x: torch.Tensor, angles: torch.Tensor | np.ndarray,

@@ -7,29 +7,41 @@ exit status 2, and no output file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from . import ENGINE_VERSION
+from .atomic import atomic_output, check_outputs
 from .coordinates import read_particles, write_particles
-from .errors import SasiInputError
+from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .inference import PRECISIONS
-from .metrics import evaluate_distance, evaluate_occupancy
+from .limits import finite_problem
+from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
 from .picking import PICK_MODES, pick_tomogram
+from .postprocess import COMPONENT_MODES, DEFAULT_COMPONENTS
 from .progress import ProgressLog
 from .runtime import describe_runtime
 from .training import SSL_SCHEDULES, TrainingSettings
 from .training_data import class_radii, parse_radii
 
 EXIT_BAD_INPUT = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM
 HEAVY_COMMANDS = ("pretrain", "train", "pick", "demo")
 """Commands that announce where they run (see ``runtime.describe_runtime``)."""
+CZII_REPORT = "czii_fbeta4"
+"""Key of the CZII challenge block (F-beta, beta 4) in ``sasi evaluate --json``."""
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -46,6 +58,37 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
     return int(text)
+
+
+def _weights(specs: Sequence[str]) -> dict[str, float]:
+    """Parse ``CLASS=W`` class weights (``--weight``) of the CZII block."""
+    weights: dict[str, float] = {}
+    for spec in specs:
+        name, _, value = spec.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not name or not weight >= 0:
+            raise SasiInputError(
+                f"--weight {spec}: expected CLASS=W with W a number >= 0 (0: not scored)")
+        weights[name] = weight
+    return weights
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``sasi: error:`` line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SasiInputError(f"{message}; see '{self.prog} --help'")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (a queue's time limit, ``scancel``, a stop)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _device_option(parser: argparse.ArgumentParser) -> None:
@@ -65,18 +108,28 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="fp32 (default) or bf16 autocast: 4x faster steps on an AMX CPU "
                              "but slower learning per step (measured)")
+    parser.add_argument("--ema-decay", type=float, default=TrainingSettings.ema_decay,
+                        help="save an exponential moving average of the weights with this "
+                             "decay, e.g. 0.98 (default 0: the last weights)")
     parser.add_argument("--processes", type=_positive_int, default=1,
                         help="data-parallel processes on this node, started with torchrun: "
                              "one per GPU with --device cuda (the first N GPUs of "
                              "CUDA_VISIBLE_DEVICES); on the CPU each takes a share of the "
                              "cores. Same result as 1 process up to rounding; the batch "
                              "size must be a multiple of N")
+    parser.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                        help="write the checkpoint OUT.ckpt every N iterations (default: "
+                             "every 3 minutes of training)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint OUT.ckpt of an interrupted run of "
+                             "the same command (bit-identical result on the same machine); "
+                             "without a checkpoint, start afresh")
     _device_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sasi", description="SaSi few-shot particle picking for cryo-ET tomograms.")
     parser.add_argument("--version", action="version", version=f"sasi {ENGINE_VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--templates", help="folder of MRC density maps (default: procedural)")
     sim.add_argument("--snr", type=float, help="signal-to-noise ratio (default: easy demo)")
     sim.add_argument("--voxel-size", type=float, default=10.0, help="Å per voxel")
+    sim.add_argument("--distractors", action="store_true",
+                     help="add gold beads, membranes, vesicles and junk (not particles: a pick "
+                          "on one is a false positive), listed in tomo_NNN_distractors.tsv "
+                          "and tomo_NNN_distractor_mask.mrc")
 
     pre = sub.add_parser("pretrain", help="self-supervised (SimCLR) pre-training")
     pre.add_argument("--tomogram", action="append", default=[], required=True)
@@ -116,8 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--out", required=True, help="coordinate file to write (.tsv)")
     pick.add_argument("--mode", choices=PICK_MODES, default="tiled",
                       help="tiled (fast, default) or sliding (the paper's W / stride W/2)")
-    pick.add_argument("--min-score", type=float, default=0.0,
-                      help="drop particles whose mean class probability is lower")
+    pick.add_argument("--min-score", type=float,
+                      help="drop particles scoring lower (default: the model's per-class "
+                           "cut-offs, chosen from its training labels; 0 keeps every pick)")
+    pick.add_argument("--components", choices=COMPONENT_MODES, default=DEFAULT_COMPONENTS,
+                      help="argmax: per-class components of the argmax map (the paper's); "
+                           "foreground: one component per particle-like blob, its class by "
+                           "summed probabilities")
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
     _device_option(pick)
@@ -130,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CLASS=R hit radius for the distance rule (voxels)")
     ev.add_argument("--model", help="take the distance-rule radii from this model")
     ev.add_argument("--unscored", action="append", default=None,
-                    help="classes not scored (default: 4V94 and vesicle)")
+                    help="classes not scored (default: 4V94 and vesicle; weight 0 in the "
+                         "CZII block)")
+    ev.add_argument("--weight", action="append", default=[],
+                    help="CLASS=W weight of a class in the CZII block (reported whenever "
+                         "radii are known; default: the challenge's weights for its classes, "
+                         "else 1)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     info = sub.add_parser("info", help="print what a model file holds")
@@ -148,7 +215,8 @@ def _run_simulate(args: argparse.Namespace) -> None:
     from .simulate import simulate_dataset
 
     simulate_dataset(args.out_dir, tomograms=args.tomograms, shape_zyx=args.shape, seed=args.seed,
-                     templates_dir=args.templates, voxel_size=args.voxel_size, snr=args.snr)
+                     templates_dir=args.templates, voxel_size=args.voxel_size, snr=args.snr,
+                     distractors=args.distractors)
     print(f"wrote {args.tomograms} tomogram(s) to {args.out_dir}")
 
 
@@ -163,9 +231,15 @@ def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | N
     status; ``None`` when this process is to train itself."""
     from .device import resolve_device
     from .distributed import in_worker, relaunch_with_torchrun
+    from .train_command import WINDOW, check_training_args
+    from .training_data import plan_labels
 
     if args.command not in ("train", "pretrain") or args.processes == 1 or in_worker():
         return None
+    check_training_args(args, pretrain=args.command == "pretrain")
+    if args.command == "train":  # so that bad labels end with status 2, not torchrun's 1
+        with contextlib.redirect_stderr(io.StringIO()):  # the workers print the warnings
+            plan_labels(args.tomogram, args.coords, args.radius, WINDOW)
     if args.batch_size % args.processes:
         raise SasiInputError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"--processes {args.processes}: use a multiple of {args.processes}")
@@ -180,47 +254,71 @@ def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | N
 def _run_pick(args: argparse.Namespace) -> None:
     from .device import resolve_device
 
+    out = Path(args.out)
+    if out.suffix != ".tsv":
+        raise SasiInputError(f"--out {args.out}: a coordinate file must end in .tsv")
+    problem = (finite_problem("--min-score", args.min_score, 0.0, 1.0)
+               if args.min_score is not None else None)
+    if problem:
+        raise SasiInputError(problem)
+    log_path = out.with_suffix(".log.jsonl")
+    check_outputs([("--out", out), ("--out", log_path)],
+                  [("--model", args.model), ("--tomogram", args.tomogram)])
     device = resolve_device(args.device)
-    log_path = Path(args.out).with_suffix(".log.jsonl")
-    with ProgressLog(1, f"pick {Path(args.tomogram).name}", log_path, step_name="tile") as log:
+    with atomic_output(log_path) as tmp_log, \
+            ProgressLog(1, f"pick {Path(args.tomogram).name}", tmp_log, step_name="tile") as log:
         def report(done: int, total: int) -> None:
             log.total = total
             log.update(done)
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              args.precision, progress=report)
-    write_particles(args.out, picks)
+                              args.precision, progress=report, components=args.components)
+        write_particles(out, picks)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)
     print(f"picked {len(picks)} particle(s) ({counts or 'none'}) -> {args.out}")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    """The SHREC 2021 rule (``--occupancy``) or the distance rule, then the CZII block
+    (:data:`CZII_REPORT`) whenever radii are known (``--radius``, ``--model``)."""
     picks = read_particles(args.picks, allow_empty=True)
     truth = read_particles(args.truth)
+    weights = _weights(args.weight)
+    radii = parse_radii(args.radius)
+    if args.model:
+        meta, _ = read_model_file(args.model)
+        radii = {**dict(zip(meta.classes, meta.radii)), **radii}
+    names = sorted(set(truth.class_names))
+    truth_radii = dict(zip(names, class_radii(names, radii, 10**6))) if radii else None
+    unscored = args.unscored if args.unscored is not None else ("4V94", "vesicle")
     if args.occupancy:
         occupancy = read_volume(args.occupancy, check_values=False).data.astype("int64")
-        unscored = args.unscored if args.unscored is not None else ("4V94", "vesicle")
         result = evaluate_occupancy(picks, truth, occupancy, unscored=unscored)
+    elif truth_radii is None:
+        raise SasiInputError(
+            "the distance rule needs radii: give --radius CLASS=R, --model M.pt, "
+            "or --occupancy for the SHREC rule"
+        )
     else:
-        radii = parse_radii(args.radius)
-        if args.model:
-            meta, _ = read_model_file(args.model)
-            radii = {**dict(zip(meta.classes, meta.radii)), **radii}
-        if not radii:
-            raise SasiInputError(
-                "the distance rule needs radii: give --radius CLASS=R, --model M.pt, "
-                "or --occupancy for the SHREC rule"
-            )
-        names = sorted(set(truth.class_names))
-        result = evaluate_distance(picks, truth, dict(zip(names, class_radii(names, radii, 10**6))))
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format_table())
+        result = evaluate_distance(picks, truth, truth_radii)
+    report, text = result.to_dict(), result.format_table()
+    if truth_radii is not None:
+        czii = evaluate_czii(picks, truth, truth_radii,
+                             weights={**dict.fromkeys(unscored, 0.0), **weights})
+        report[CZII_REPORT] = czii.to_dict()
+        text += "\n\n" + czii.format_table()
+    print(json.dumps(report, indent=2) if args.json else text)
 
 
 def _run_info(args: argparse.Namespace) -> None:
     meta, state = read_model_file(args.model)
-    card = json.loads(sidecar_paths(args.model)[0].read_text()) \
-        if sidecar_paths(args.model)[0].is_file() else None
+    card_path = sidecar_paths(args.model)[0]
+    try:
+        card = json.loads(card_path.read_text()) if card_path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SasiInputError(f"{card_path}: damaged side-car ({error}); delete it (the "
+                             "model file holds the same)") from error
     summary = {"model": str(args.model), "arch": meta.arch, "classes": meta.classes,
                "radii": meta.radii, "window": meta.window, "voxel_size": meta.voxel_size,
                "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
@@ -232,6 +330,8 @@ def _run_info(args: argparse.Namespace) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SasiInputError(f"--out {args.out}: is a file; the demo needs a work folder")
     run_demo(args.out, iterations=args.iterations, seed=args.seed, device_spec=args.device)
 
 
@@ -246,26 +346,56 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sasi`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.command in HEAVY_COMMANDS:
-        print(f"sasi {args.command}: {describe_runtime()}", file=sys.stderr, flush=True)
+def _fail(message: str, status: int, prefix: str = "sasi: error: ") -> int:
+    """Print ``message`` on one line, copy it to ``$SASI_ERROR_FILE``; return ``status``."""
+    print(f"{prefix}{message}", file=sys.stderr)
+    _write_error_file(message)
+    return status
+
+
+def _write_error_file(message: str) -> None:
+    path = os.environ.get(ERROR_FILE_VARIABLE)
+    if not path:
+        return
     try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(message + "\n")
+    except OSError as error:
+        print(f"sasi: cannot write {ERROR_FILE_VARIABLE} {path}: {error}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sasi`` console script; returns the exit status.
+
+    SIGTERM (a queue's time limit) ends a command like Ctrl-C: temporary files are
+    removed and the last checkpoint stays for ``--resume``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in HEAVY_COMMANDS:
+            print(f"sasi {args.command}: {describe_runtime()}", file=sys.stderr, flush=True)
         status = _parallel_training(args, argv)
         if status is not None:
             return status
         COMMANDS[args.command](args)
     except SasiInputError as error:
-        print(f"sasi: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(str(error), EXIT_BAD_INPUT)
     except FloatingPointError as error:
-        print(f"sasi: error: {error}", file=sys.stderr)
-        return 1
+        return _fail(str(error), 1)
     except KeyboardInterrupt:
-        print("sasi: interrupted; no output written", file=sys.stderr)
-        return 130
+        return _fail("interrupted; no output written", 130, prefix="sasi: ")
+    except Terminated:
+        return _fail("terminated (SIGTERM); no output written; a training run continues "
+                     "from its last checkpoint with --resume", EXIT_TERMINATED, prefix="sasi: ")
+    except Exception as error:
+        _write_error_file(f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}")
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -150,6 +150,43 @@ def write_particles(path: str | os.PathLike, table: ParticleTable) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
+def drop_duplicates(table: ParticleTable, source: str = "") -> ParticleTable:
+    """Remove repeated particles: a later particle of the same class at the same voxel
+    (centres rounded to voxels) as an earlier one. Prints a warning on stderr that
+    counts them.
+
+    Raises:
+        SasiInputError: one voxel labelled with two classes.
+    """
+    seen: dict[tuple[int, int, int], str] = {}
+    keep = np.ones(len(table), dtype=bool)
+    for i, (voxel, name) in enumerate(zip(np.rint(table.xyz).astype(int), table.classes)):
+        key = (int(voxel[0]), int(voxel[1]), int(voxel[2]))
+        if key not in seen:
+            seen[key] = str(name)
+        elif seen[key] == str(name):
+            keep[i] = False
+        else:
+            raise SasiInputError(
+                f"{source or 'coordinates'}: the particle at voxel (x, y, z) = {key} is "
+                f"labelled both {seen[key]!r} and {str(name)!r}; keep one label per particle"
+            )
+    if not keep.all():
+        print(
+            f"warning: {source or 'coordinates'}: removed {int((~keep).sum())} duplicate "
+            f"particle(s) (same class at the same voxel as an earlier one)",
+            file=sys.stderr,
+        )
+    return table.subset(keep)
+
+
+def inside_volume(table: ParticleTable, shape_zyx: tuple[int, int, int]) -> np.ndarray:
+    """Boolean mask of the particles whose centre rounds to a voxel of a volume of shape
+    ``(z, y, x)``."""
+    upper = np.array(shape_zyx[::-1], dtype=np.float64) - 0.5
+    return np.all((table.xyz >= -0.5) & (table.xyz < upper), axis=1)
+
+
 def drop_outside(
     table: ParticleTable, shape_zyx: tuple[int, int, int], source: str = ""
 ) -> ParticleTable:
@@ -158,7 +195,7 @@ def drop_outside(
     Prints a warning on stderr that counts the dropped particles.
     """
     upper = np.array(shape_zyx[::-1], dtype=np.float64) - 0.5
-    inside = np.all((table.xyz >= -0.5) & (table.xyz < upper), axis=1)
+    inside = inside_volume(table, shape_zyx)
     dropped = int((~inside).sum())
     if dropped:
         print(

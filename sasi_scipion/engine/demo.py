@@ -51,7 +51,7 @@ def run_demo(out: str, iterations: int | None, seed: int, device_spec: str) -> f
     _sasi("train", "--tomogram", str(data / "tomo_000.mrc"), "--coords", str(work / "labels.tsv"),
           *[arg for r in radii for arg in ("--radius", r)], "--out", str(model),
           "--iterations", str(iterations or DEMO_ITERATIONS), "--seed", str(seed),
-          "--device", device_spec)
+          "--device", device_spec, "--resume")
     picks = work / "picks_tomo_001.tsv"
     _sasi("pick", "--model", str(model), "--tomogram", str(data / "tomo_001.mrc"),
           "--out", str(picks), "--device", device_spec)

@@ -1,6 +1,6 @@
-"""Scoring picked particles against ground truth: precision, recall and F1.
+"""Scoring picked particles against ground truth: precision, recall, F1 and F-beta.
 
-Two rules:
+Three rules:
 
 * :func:`evaluate_occupancy` — the SHREC 2021 localization rule. A pick is a hit
   when it lands inside a true particle's occupancy (dilated once by a 6-connected
@@ -8,6 +8,9 @@ Two rules:
 * :func:`evaluate_distance` — a pick is a hit when it lies within the true
   particle's class radius (voxels) of a true centre, with greedy one-to-one
   matching by ascending distance.
+* :func:`evaluate_czii` — the CZII CryoET Object Identification challenge (2024-2025):
+  the distance rule at half the class radius, per class only, counts summed over
+  tomograms, F-beta (beta 4: recall-heavy) per class, and their weighted mean.
 
 Coordinates are voxels, 0-based, columns ``(x, y, z)`` as in
 :class:`~sasi_scipion.engine.coordinates.ParticleTable`; volumes are numpy arrays
@@ -16,7 +19,7 @@ indexed ``[z, y, x]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +29,13 @@ from .errors import SasiInputError
 
 OCCUPANCY_RULE = "shrec2021-occupancy"
 DISTANCE_RULE = "distance"
+CZII_RULE = "czii-fbeta"
+CZII_BETA = 4.0
+CZII_RADIUS_FRACTION = 0.5
+"""A CZII hit lies within this fraction of the true particle's class radius."""
+CZII_WEIGHTS = {"apo-ferritin": 1.0, "beta-amylase": 0.0, "beta-galactosidase": 2.0,
+                "ribosome": 1.0, "thyroglobulin": 2.0, "virus-like-particle": 1.0}
+"""The challenge's class weights (beta-amylase is reported but not scored)."""
 
 # Pairs are built for this many picks at a time to bound the (picks, truth) matrix.
 _PAIR_CHUNK = 2048
@@ -52,8 +62,17 @@ class Scores:
     @property
     def f1(self) -> float:
         """Harmonic mean of precision and recall, 0.0 when both are 0."""
+        return self.fbeta(1.0)
+
+    def fbeta(self, beta: float) -> float:
+        """``(1 + beta²) p r / (beta² p + r)`` (recall weighs ``beta`` times as much as
+        precision), 0.0 when precision and recall are both 0."""
         p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+        return (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
+
+    def __add__(self, other: Scores) -> Scores:
+        """Counts summed (e.g. over tomograms)."""
+        return Scores(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
     def to_dict(self) -> dict[str, float | int]:
         """Counts and ratios as plain Python numbers (JSON-ready)."""
@@ -107,11 +126,69 @@ class Evaluation:
         return "\n".join(lines)
 
 
+@dataclass
+class FBetaEvaluation:
+    """Per-class F-beta scores and their weighted mean (:func:`evaluate_czii`).
+
+    Attributes:
+        beta: recall weighs ``beta`` times as much as precision.
+        per_class: counts per class name, summed over tomograms.
+        weights: weight of each class of ``per_class`` in the mean (0: reported only).
+    """
+
+    beta: float
+    per_class: dict[str, Scores]
+    weights: dict[str, float]
+
+    @property
+    def score(self) -> float:
+        """Weighted mean of the per-class F-betas; 0.0 when every weight is 0."""
+        total = sum(self.weights.values())
+        weighted = sum(w * self.per_class[name].fbeta(self.beta)
+                       for name, w in self.weights.items())
+        return weighted / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        """``{"rule", "beta", "radius_fraction", "score", "per_class": {name: {tp, fp, fn,
+        precision, recall, f1, fbeta, weight}}}`` (JSON-ready)."""
+        return {
+            "rule": CZII_RULE,
+            "beta": self.beta,
+            "radius_fraction": CZII_RADIUS_FRACTION,
+            "score": self.score,
+            "per_class": {name: {**s.to_dict(), "fbeta": s.fbeta(self.beta),
+                                 "weight": self.weights[name]}
+                          for name, s in self.per_class.items()},
+        }
+
+    def format_table(self) -> str:
+        """A plain-text table: one row per class and the weighted mean."""
+        label = f"F{self.beta:g}"
+        width = max([len("class")] + [len(name) for name in self.per_class])
+        header = (f"{'class':<{width}}  {'TP':>6} {'FP':>6} {'FN':>6} "
+                  f"{'precision':>9} {'recall':>6} {label:>6} {'weight':>6}")
+        lines = [f"rule: {CZII_RULE} (beta {self.beta:g}, hit within "
+                 f"{CZII_RADIUS_FRACTION:g} x radius)", header, "-" * len(header)]
+        for name, s in sorted(self.per_class.items()):
+            lines.append(
+                f"{name:<{width}}  {s.tp:>6d} {s.fp:>6d} {s.fn:>6d} {s.precision:>9.3f} "
+                f"{s.recall:>6.3f} {s.fbeta(self.beta):>6.3f} {self.weights[name]:>6g}")
+        lines.append(f"weighted {label}: {self.score:.3f}")
+        return "\n".join(lines)
+
+
 def _pick_order(picks: ParticleTable) -> np.ndarray:
     """Pick indices by descending score (stable), or file order without scores."""
     if picks.scores is None:
         return np.arange(len(picks))
     return np.argsort(-picks.scores, kind="stable")
+
+
+def _pick_rank(picks: ParticleTable) -> np.ndarray:
+    """Rank of each pick in :func:`_pick_order` (0: processed first)."""
+    rank = np.empty(len(picks), dtype=np.int64)
+    rank[_pick_order(picks)] = np.arange(len(picks))
+    return rank
 
 
 def dilate_occupancy(occupancy: np.ndarray) -> np.ndarray:
@@ -280,6 +357,39 @@ def _greedy_match(
     return matches
 
 
+def _truth_radii(truth: ParticleTable, radii: Mapping[str, float]) -> np.ndarray:
+    """The class radius (voxels) of each true particle.
+
+    Raises:
+        SasiInputError: a truth class has no radius in ``radii``.
+    """
+    truth_classes = [str(c) for c in truth.classes]
+    missing = sorted({c for c in truth_classes if c not in radii})
+    if missing:
+        raise SasiInputError(
+            f"no radius for truth class(es) {', '.join(missing)}; give --radius CLASS=R "
+            "(voxels) for each"
+        )
+    return np.array([float(radii[c]) for c in truth_classes], dtype=np.float64)
+
+
+def _per_class_distance(
+    picks: ParticleTable, rank: np.ndarray, truth: ParticleTable, truth_radius: np.ndarray
+) -> dict[str, Scores]:
+    """Distance-rule scores per class (only same-class pairs match), for every class of
+    ``picks`` or ``truth``; ``rank`` from :func:`_pick_rank`, ``truth_radius`` the hit
+    radius (voxels) of each true particle."""
+    truth_classes = np.array([str(c) for c in truth.classes], dtype=object)
+    pick_classes = np.array([str(c) for c in picks.classes], dtype=object)
+    per_class: dict[str, Scores] = {}
+    for name in sorted(set(truth_classes) | set(pick_classes)):
+        p_sel = pick_classes == name
+        t_sel = truth_classes == name
+        tp = _greedy_match(picks.xyz[p_sel], rank[p_sel], truth.xyz[t_sel], truth_radius[t_sel])
+        per_class[name] = Scores(tp, int(p_sel.sum()) - tp, int(t_sel.sum()) - tp)
+    return per_class
+
+
 def evaluate_distance(
     picks: ParticleTable, truth: ParticleTable, radii: dict[str, float]
 ) -> Evaluation:
@@ -294,25 +404,68 @@ def evaluate_distance(
     Raises:
         SasiInputError: a truth class has no radius in ``radii``.
     """
-    truth_classes = np.array([str(c) for c in truth.classes], dtype=object)
-    pick_classes = np.array([str(c) for c in picks.classes], dtype=object)
-    missing = sorted({c for c in truth_classes if c not in radii})
-    if missing:
-        raise SasiInputError(
-            f"no radius for truth class(es) {', '.join(missing)}; give --radius CLASS=R "
-            "(voxels) for each"
-        )
-    truth_radius = np.array([float(radii[c]) for c in truth_classes], dtype=np.float64)
-    rank = np.empty(len(picks), dtype=np.int64)
-    rank[_pick_order(picks)] = np.arange(len(picks))
-
+    truth_radius = _truth_radii(truth, radii)
+    rank = _pick_rank(picks)
     tp = _greedy_match(picks.xyz, rank, truth.xyz, truth_radius)
     pooled = Scores(tp, len(picks) - tp, len(truth) - tp)
+    return Evaluation(DISTANCE_RULE, pooled, _per_class_distance(picks, rank, truth, truth_radius))
 
+
+def default_weights(class_names: Iterable[str]) -> dict[str, float]:
+    """``CZII_WEIGHTS`` when every class is one of the challenge's, else 1 per class."""
+    names = sorted(set(class_names))
+    if all(name in CZII_WEIGHTS for name in names):
+        return {name: CZII_WEIGHTS[name] for name in names}
+    return dict.fromkeys(names, 1.0)
+
+
+def evaluate_czii(
+    picks: ParticleTable | Sequence[ParticleTable],
+    truth: ParticleTable | Sequence[ParticleTable],
+    radii: Mapping[str, float],
+    beta: float = CZII_BETA,
+    weights: Mapping[str, float] | None = None,
+) -> FBetaEvaluation:
+    """Score ``picks`` with the CZII challenge metric.
+
+    Per class, a pick is a true positive when it lies within ``CZII_RADIUS_FRACTION``
+    (0.5) of the class radius of a not yet matched true particle of its class (voxels,
+    Euclidean in ``x, y, z``; inclusive); matching is the distance rule's greedy
+    one-to-one by ascending distance (ties to the better scored pick). Counts are summed
+    over tomograms per class, then each class gets its F-beta and the score is their
+    weighted mean.
+
+    Args:
+        picks: the picks of one tomogram, or of several (paired in order with ``truth``).
+        truth: the true particles of the same tomogram(s).
+        radii: class name -> radius in voxels; every truth class needs one.
+        beta: recall weighs ``beta`` times as much as precision (the challenge: 4).
+        weights: class name -> weight (>= 0; 0: reported, not scored), overriding
+            :func:`default_weights` (the challenge's weights when every class is a
+            challenge class, else 1 each) for the classes it names.
+
+    Returns:
+        An :class:`FBetaEvaluation` over every class of the picks or the truth.
+
+    Raises:
+        ValueError: ``picks`` and ``truth`` hold different numbers of tomograms.
+        SasiInputError: a truth class without a radius, or a negative weight.
+    """
+    pick_tables = [picks] if isinstance(picks, ParticleTable) else list(picks)
+    truth_tables = [truth] if isinstance(truth, ParticleTable) else list(truth)
+    if len(pick_tables) != len(truth_tables):
+        raise ValueError(f"{len(pick_tables)} pick table(s) for {len(truth_tables)} truth "
+                         "table(s); give one of each per tomogram")
+    negative = sorted(name for name, w in (weights or {}).items() if not w >= 0)
+    if negative:
+        raise SasiInputError(f"negative weight for class(es) {', '.join(negative)}; "
+                             "give weights >= 0 (0: not scored)")
     per_class: dict[str, Scores] = {}
-    for name in sorted(set(truth_classes) | set(pick_classes)):
-        p_sel = pick_classes == name
-        t_sel = truth_classes == name
-        tp = _greedy_match(picks.xyz[p_sel], rank[p_sel], truth.xyz[t_sel], truth_radius[t_sel])
-        per_class[name] = Scores(tp, int(p_sel.sum()) - tp, int(t_sel.sum()) - tp)
-    return Evaluation(DISTANCE_RULE, pooled, per_class)
+    for tomo_picks, tomo_truth in zip(pick_tables, truth_tables):
+        hit_radius = CZII_RADIUS_FRACTION * _truth_radii(tomo_truth, radii)
+        counts = _per_class_distance(tomo_picks, _pick_rank(tomo_picks), tomo_truth, hit_radius)
+        for name, scores in counts.items():
+            per_class[name] = per_class.get(name, Scores()) + scores
+    class_weights = default_weights(per_class)
+    class_weights.update({n: float(w) for n, w in (weights or {}).items() if n in per_class})
+    return FBetaEvaluation(float(beta), dict(sorted(per_class.items())), class_weights)

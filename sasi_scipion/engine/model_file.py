@@ -9,9 +9,12 @@ weights, for tools (the Scipion plugin) that must not import torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
-from dataclasses import asdict, dataclass, field
+import warnings
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,9 @@ from .models import BACKBONES, build_backbone
 
 FORMAT = "sasi-model"
 FORMAT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"
+"""First bytes of the zip archive that ``torch.save`` writes."""
+WRITTEN_BY_SASI = "give a .pt written by 'sasi train' or 'sasi pretrain'"
 
 
 @dataclass
@@ -43,6 +49,9 @@ class ModelMetadata:
         iterations: optimisation steps run.
         settings: training settings (JSON-ready).
         loss_history: logged iterations (``iteration``, ``phase``, ``loss``, terms).
+        score_cutoffs: per component mode (``postprocess.COMPONENT_MODES``), one
+            score cut-off per class chosen from the training labels
+            (``thresholds.score_cutoffs``); empty for older and pre-trained models.
     """
 
     arch: str
@@ -56,6 +65,7 @@ class ModelMetadata:
     iterations: int
     settings: dict[str, Any] = field(default_factory=dict)
     loss_history: list[dict[str, Any]] = field(default_factory=list)
+    score_cutoffs: dict[str, list[float]] = field(default_factory=dict)
     engine_version: str = ENGINE_VERSION
 
     @property
@@ -82,30 +92,103 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: ModelMetadata) -
         tmp.write_text(json.dumps(card, indent=2) + "\n")
 
 
+def load_safely(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain values only, so a
+    file from elsewhere cannot run code) with one-line errors.
+
+    Args:
+        path: the file.
+        what: what the file should be, for messages (``"SaSi model file"``).
+        fix: what to do instead, ending the messages.
+
+    Raises:
+        SasiModelFormatError: a missing, empty, non-PyTorch, truncated or damaged
+            file, or one that holds Python objects; PyTorch's own message (which
+            suggests the unsafe ``weights_only=False``) is never shown.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SasiModelFormatError(f"{path}: no such {what}; check the path")
+    with open(path, "rb") as handle:
+        magic = handle.read(len(ZIP_MAGIC))
+    if not magic:
+        reason = "the file is empty"
+    elif magic != ZIP_MAGIC:
+        reason = "not a PyTorch archive"
+    elif not zipfile.is_zipfile(path):
+        reason = "the archive is truncated or damaged"
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            reason = "it holds Python objects, which are never loaded"
+        except Exception:  # any failure of a damaged archive gets the same verdict
+            reason = "the archive is damaged or not a PyTorch file"
+    raise SasiModelFormatError(f"{path}: not a {what} ({reason}); {fix}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a model file's dictionary (``None``: nothing)."""
+    required = [f.name for f in fields(ModelMetadata)
+                if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in [*required, "state_dict"] if name not in payload]
+    if missing:
+        return f"field(s) {', '.join(missing)} missing"
+    state, classes, radii = payload["state_dict"], payload["classes"], payload["radii"]
+    window, voxel_size = payload["window"], payload["voxel_size"]
+    if not (isinstance(state, dict) and state and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        return "its weights are not a table of tensors"
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        return "its classes are not distinct names"
+    if not (isinstance(radii, list) and len(radii) == len(classes)
+            and all(_is_number(r) and r > 0 for r in radii)):
+        return "its radii are not one positive number per class"
+    if not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+        return "its window is not a positive whole number"
+    if not (voxel_size is None or (_is_number(voxel_size) and voxel_size > 0)):
+        return "its voxel size is not a positive number"
+    if not isinstance(payload["arch_params"], dict):
+        return "its network settings are not a table"
+    if payload["pretrained_only"] is not (not classes):
+        return "its classes do not match its pre-trained flag"
+    if not isinstance(payload["normalisation"], str):
+        return "its normalisation is not a name"
+    if not (isinstance(payload["iterations"], int) and payload["iterations"] >= 0):
+        return "its iteration count is not a whole number"
+    cutoffs = payload.get("score_cutoffs", {})
+    if not (isinstance(cutoffs, dict) and all(
+            isinstance(mode, str) and isinstance(values, list) and len(values) == len(classes)
+            and all(_is_number(v) and 0 <= v <= 1 for v in values)
+            for mode, values in cutoffs.items())):
+        return "its score cut-offs are not one number in [0, 1] per class"
+    return None
+
+
 def read_model_file(path: str | os.PathLike) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
     """Read metadata and weights without unpickling arbitrary objects.
 
     Raises:
-        SasiModelFormatError: missing file, not a SaSi model, a newer format, or
-            an architecture this version does not know.
+        SasiModelFormatError: missing, empty, truncated or damaged file, not a SaSi
+            model, a newer format, an architecture this version does not know,
+            or fields of the wrong kind (an edited or damaged file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SasiModelFormatError(f"{path}: no such model file; check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        raise SasiModelFormatError(
-            f"{path}: not a SaSi model file (cannot be read safely: "
-            f"{str(error).splitlines()[0]}); give a .pt written by 'sasi train' or 'sasi pretrain'"
-        ) from error
+    payload = load_safely(path, "SaSi model file", WRITTEN_BY_SASI)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SasiModelFormatError(f"{path}: not a SaSi model file; {WRITTEN_BY_SASI}")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SasiModelFormatError(
-            f"{path}: not a SaSi model file; give a .pt written by 'sasi train' or 'sasi pretrain'"
-        )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise SasiModelFormatError(
-            f"{path}: model format {payload['format_version']} is newer than this engine reads "
+            f"{path}: model format {version} is newer than this engine reads "
             f"({FORMAT_VERSION}); upgrade sasi-scipion"
         )
     if payload.get("arch") not in BACKBONES:
@@ -113,14 +196,56 @@ def read_model_file(path: str | os.PathLike) -> tuple[ModelMetadata, dict[str, t
             f"{path}: architecture {payload.get('arch')!r} is unknown to this version "
             f"(known: {', '.join(sorted(BACKBONES))}); upgrade sasi-scipion"
         )
+    problem = _payload_problem(payload)
+    if problem:
+        raise SasiModelFormatError(
+            f"{path}: not a usable SaSi model file ({problem}); the file is damaged or was "
+            f"edited: {WRITTEN_BY_SASI}"
+        )
     names = set(ModelMetadata.__dataclass_fields__)
     meta = ModelMetadata(**{k: v for k, v in payload.items() if k in names})
     return meta, payload["state_dict"]
 
 
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights ``state`` (from file ``source``) that do not fit ``model`` exactly.
+
+    Raises:
+        SasiModelFormatError: tensors missing, unexpected or of another shape.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise SasiModelFormatError(
+            f"{source}: its weights do not fit its network ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. "
+            f"{example!r}); the file is damaged or was edited: {WRITTEN_BY_SASI}"
+        )
+
+
+def build_network(meta: ModelMetadata, state: dict[str, torch.Tensor],
+                  source: str) -> nn.Module:
+    """The network a model file describes, with its weights (on the CPU).
+
+    Raises:
+        SasiModelFormatError: network settings or weights that do not fit.
+    """
+    try:
+        model = build_backbone(meta.arch, meta.num_outputs, **meta.arch_params)
+    except (TypeError, ValueError) as error:
+        raise SasiModelFormatError(
+            f"{source}: its network settings {meta.arch_params} do not build a {meta.arch} "
+            f"({error}); {WRITTEN_BY_SASI}"
+        ) from error
+    check_weights(model, state, source)
+    model.load_state_dict(state)
+    return model
+
+
 def load_model(path: str | os.PathLike, device: torch.device) -> tuple[nn.Module, ModelMetadata]:
     """Rebuild the network of a model file on ``device`` in evaluation mode."""
     meta, state = read_model_file(path)
-    model = build_backbone(meta.arch, meta.num_outputs, **meta.arch_params)
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
+    return build_network(meta, state, str(path)).to(device).eval(), meta

@@ -1,8 +1,17 @@
-"""MRC input and output that keeps the voxel size and checks what it reads."""
+"""MRC input and output that keeps the voxel size and checks what it reads.
+
+Every check that the header and the file size allow is made by
+:func:`inspect_mrc` without reading the data, so that the Scipion protocols'
+``_validate`` can refuse a bad tomogram before a run starts; :func:`read_volume`
+makes the same checks, then reads and checks the values.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +20,14 @@ import numpy as np
 
 from .atomic import atomic_output
 from .errors import SasiInputError
+
+VOXEL_SIZE_TOLERANCE = 0.01
+"""Relative difference of voxel sizes still taken as equal."""
+REAL_MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
+"""MRC data modes the engine reads (int8, int16, float32, uint16, float16): bytes per voxel."""
+COMPLEX_MODES = (3, 4)
+HEADER_BYTES = 1024
+IMAGE_STACK_SPACE_GROUP = 0
 
 
 @dataclass
@@ -26,31 +43,120 @@ class Volume:
     voxel_size: float | None
 
 
-def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
-    """Read a 3D MRC map as ``float32`` ``(z, y, x)``.
+@dataclass
+class MrcInfo:
+    """What the header of a checked MRC volume says.
+
+    Attributes:
+        shape: ``(z, y, x)`` voxels.
+        voxel_size: Å per (cubic) voxel, or ``None`` when the header holds none.
+    """
+
+    shape: tuple[int, int, int]
+    voxel_size: float | None
+
+
+def _voxel_size(path: Path, sizes: tuple[float, float, float]) -> float | None:
+    """The cubic voxel size of header sizes ``(x, y, z)``, ``None`` when all are 0."""
+    if not all(math.isfinite(s) for s in sizes) or min(sizes) < 0:
+        raise SasiInputError(
+            f"{path}: the header's voxel size (x, y, z = {sizes[0]:g}, {sizes[1]:g}, "
+            f"{sizes[2]:g} Å) is not a positive number; fix the header's pixel size"
+        )
+    if max(sizes) == 0:
+        return None
+    if max(sizes) - min(sizes) > VOXEL_SIZE_TOLERANCE * max(sizes):
+        raise SasiInputError(
+            f"{path}: voxels are not cubic (x, y, z = {sizes[0]:g}, {sizes[1]:g}, "
+            f"{sizes[2]:g} Å); resample the tomogram to cubic voxels first"
+        )
+    return sizes[0]
+
+
+def inspect_mrc(path: str | os.PathLike) -> MrcInfo:
+    """Check an MRC volume from its header and size alone.
 
     Raises:
-        SasiInputError: missing or unreadable file, not 3D, NaN/inf values or a
-            constant map (when ``check_values``).
+        SasiInputError: missing file, not an MRC file, a truncated file, a complex
+            or unknown data mode, not a 3D volume (an image, an image stack with
+            space group 0, a volume stack), or a voxel size that is negative,
+            not finite or not cubic. The message names the fix.
     """
     path = Path(path)
     if not path.is_file():
         raise SasiInputError(f"{path}: no such file; check the path")
-    try:
-        with mrcfile.open(path, mode="r", permissive=True) as mrc:
-            if mrc.data is None:
-                raise ValueError("no data block")
-            data = np.asarray(mrc.data, dtype=np.float32)
-            voxel = float(mrc.voxel_size.x)
-    except (OSError, ValueError) as error:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                header = mrc.header
+                mode, ispg = int(header.mode), int(header.ispg)
+                nx, ny, nz, mz = (int(header[k]) for k in ("nx", "ny", "nz", "mz"))
+                extended = int(header.nsymbt)
+                sizes = tuple(float(mrc.voxel_size[k]) for k in ("x", "y", "z"))
+        except (OSError, ValueError) as error:
+            raise SasiInputError(
+                f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"
+            ) from error
+    not_mrc = any("Map ID string not found" in str(w.message) for w in caught)
+    if mode in COMPLEX_MODES:
         raise SasiInputError(
-            f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"
-        ) from error
-    if data.ndim != 3 or min(data.shape) < 2:
+            f"{path}: complex MRC data (mode {mode}), e.g. a Fourier transform; give the "
+            "real-space tomogram"
+        )
+    if not_mrc and (mode not in REAL_MODES or min(nx, ny, nz) < 1):
         raise SasiInputError(
-            f"{path}: expected a 3D volume, got shape {data.shape}; give a tomogram, "
+            f"{path}: not a readable MRC file (no MRC map identifier, no known data mode); "
+            "give an MRC map (.mrc/.rec)"
+        )
+    if mode not in REAL_MODES:
+        raise SasiInputError(
+            f"{path}: MRC data mode {mode} is not supported (modes "
+            f"{', '.join(str(m) for m in REAL_MODES)} are); convert the map to mode 2 (float32)"
+        )
+    expected = HEADER_BYTES + extended + nx * ny * nz * REAL_MODES[mode]
+    if path.stat().st_size < expected:
+        raise SasiInputError(
+            f"{path}: truncated ({path.stat().st_size} bytes, its header promises "
+            f"{expected}); copy or export the file again"
+        )
+    if min(nx, ny, nz) < 2:
+        raise SasiInputError(
+            f"{path}: expected a 3D volume, got shape {(nz, ny, nx)}; give a tomogram, "
             "not an image or a stack"
         )
+    if ispg == IMAGE_STACK_SPACE_GROUP and mz == 1:
+        raise SasiInputError(
+            f"{path}: an image stack (space group 0, {nz} separate images), expected a 3D "
+            "volume; give a tomogram, or set its space group to 1 if it is one"
+        )
+    if ispg > 400:
+        raise SasiInputError(
+            f"{path}: a stack of volumes (space group {ispg}); give one tomogram per file"
+        )
+    return MrcInfo(shape=(nz, ny, nx), voxel_size=_voxel_size(path, sizes))
+
+
+def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
+    """Read a 3D MRC map as ``float32`` ``(z, y, x)`` after :func:`inspect_mrc`.
+
+    Raises:
+        SasiInputError: as :func:`inspect_mrc`; NaN/inf values or a constant map
+            (when ``check_values``).
+    """
+    path = Path(path)
+    info = inspect_mrc(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+                if mrc.data is None:
+                    raise ValueError("no data block")
+                data = np.asarray(mrc.data, dtype=np.float32).reshape(info.shape)
+        except (OSError, ValueError) as error:
+            raise SasiInputError(
+                f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"
+            ) from error
     if check_values:
         if not np.isfinite(data).all():
             raise SasiInputError(
@@ -60,7 +166,36 @@ def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
             raise SasiInputError(
                 f"{path}: all voxels have the same value; this tomogram is empty"
             )
-    return Volume(data=data, voxel_size=voxel if voxel > 0 else None)
+    return Volume(data=data, voxel_size=info.voxel_size)
+
+
+def size_problem(path: str | os.PathLike, shape: tuple[int, int, int],
+                 window: int) -> str | None:
+    """Why a tomogram of ``shape`` ``(z, y, x)`` is too small for ``window``-voxel
+    windows; ``None`` when it is not."""
+    if min(shape) < window:
+        return (f"{path}: {shape[0]} x {shape[1]} x {shape[2]} voxels (z, y, x) is smaller "
+                f"than the {window}-voxel window; give a tomogram of at least {window} "
+                "voxels along each axis")
+    return None
+
+
+def unknown_voxel_size_warning(path: str | os.PathLike) -> str:
+    """The warning for a tomogram whose header holds no voxel size."""
+    return (f"{path}: the header holds no voxel size, so voxel sizes cannot be compared; "
+            "set the pixel size in its header")
+
+
+def read_tomogram(path: str | os.PathLike, window: int) -> Volume:
+    """:func:`read_volume` for a tomogram the network works on: refuses one smaller
+    than ``window`` and warns on stderr when its voxel size is unknown."""
+    volume = read_volume(path)
+    problem = size_problem(path, volume.data.shape, window)
+    if problem:
+        raise SasiInputError(problem)
+    if volume.voxel_size is None:
+        print(f"warning: {unknown_voxel_size_warning(path)}", file=sys.stderr)
+    return volume
 
 
 def write_volume(

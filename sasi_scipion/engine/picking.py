@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from torch import nn
 
 from .coordinates import ParticleTable
 from .errors import SasiInputError
 from .inference import segment_sliding, segment_tiled
 from .model_file import ModelMetadata, load_model
-from .mrc_io import read_volume
+from .mrc_io import VOXEL_SIZE_TOLERANCE, read_tomogram
 from .normalize import NORMALISATION, normalise
-from .postprocess import Segmentation, extract_particles
-from .training_data import VOXEL_SIZE_TOLERANCE
+from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
+from .thresholds import score_cutoffs
 
 PICK_MODES = ("tiled", "sliding")
 
@@ -58,7 +60,7 @@ def segment_tomogram(
     if mode not in PICK_MODES:
         raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
     model, meta = load_model(model_path, device)
-    volume = read_volume(tomogram_path)
+    volume = read_tomogram(tomogram_path, meta.window)
     check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
     data = normalise(volume.data)
     del volume
@@ -72,16 +74,41 @@ def segment_tomogram(
     return segmentation, meta
 
 
+def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
+    """The model's per-class score cut-offs for ``components`` (0 for every class of a
+    model that has none: an older or pre-trained model)."""
+    return meta.score_cutoffs.get(components, [0.0] * len(meta.classes))
+
+
 def pick_tomogram(
     model_path: str | os.PathLike,
     tomogram_path: str | os.PathLike,
     device: torch.device,
     mode: str = "tiled",
-    min_score: float = 0.0,
+    min_score: float | None = None,
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    components: str = DEFAULT_COMPONENTS,
 ) -> ParticleTable:
-    """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram."""
+    """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
+
+    ``min_score`` drops particles scoring lower; ``None``: the model's per-class
+    cut-offs from its training labels (:func:`model_cutoffs`).
+    """
     segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
                                           progress)
-    return extract_particles(segmentation, meta.classes, meta.radii, min_score=min_score)
+    cut = model_cutoffs(meta, components) if min_score is None else min_score
+    return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
+                             components=components)
+
+
+def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],
+                  labels: Sequence[ParticleTable], class_names: Sequence[str],
+                  radii: Sequence[float], device: torch.device) -> dict[str, list[float]]:
+    """The score cut-offs (``thresholds.score_cutoffs``) of a model for the default
+    component mode, from its picks of its own normalised training volumes
+    ``(z, y, x)`` and their labels (other modes pick without cut-offs unless given
+    ``min_score``)."""
+    picks = [extract_particles(segment_tiled(model, volume, device), class_names, radii,
+                               components=DEFAULT_COMPONENTS) for volume in volumes]
+    return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}

@@ -1,16 +1,21 @@
 """Segmentations to particles: connected components (cc3d) with a score per particle.
 
-Method card item 9. Two ways to form components (``COMPONENT_MODES``):
+Method card item 9. Three ways to find particles (``COMPONENT_MODES``):
 
 - ``foreground``: 26-connected components of the voxels whose
   background probability is below one half, whatever class they lean to; a
   component's class is the class with the largest summed probability over its
   voxels (each voxel votes for its most likely class with that probability).
   A particle whose voxels split between two similar classes stays one particle.
-- ``argmax`` (the paper's, ``DEFAULT_COMPONENTS``): per class, 26-connected
+- ``peaks`` (``DEFAULT_COMPONENTS``): one particle per local maximum of the smoothed particle
+  probability (Gaussian, sigma = half the smallest radius) above the same
+  threshold, as the best CZII challenge solutions find centres; a peak's
+  class by the summed votes of its particle voxels within a class radius, peaks closer than a
+  class radius to a better one dropped. Touching particles need no k-means.
+- ``argmax`` (the paper's): per class, 26-connected
   components of the argmax map.
 
-Then, in both: fragments of one particle (components whose centroids lie
+Then, for ``argmax`` and ``foreground``: fragments of one particle (components whose centroids lie
 closer than the class radius) are merged; components smaller than
 ``min_size_fraction`` of the class sphere volume are dropped; components much
 larger than one sphere (touching particles) are split by k-means on their
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 import torch
+from torch.nn import functional
 
 from .coordinates import ParticleTable
 
@@ -38,12 +44,13 @@ SPLIT_FACTOR = 1.6
 """A component holding more than this many sphere volumes is split."""
 
 
-COMPONENT_MODES = ("argmax", "foreground")
+COMPONENT_MODES = ("argmax", "foreground", "peaks")
 """How voxels are grouped into particles (see the module docstring)."""
-DEFAULT_COMPONENTS = "argmax"
+DEFAULT_COMPONENTS = "peaks"
 """The component mode ``sasi pick`` uses unless told otherwise."""
 FOREGROUND_THRESHOLD = 0.5
-"""A voxel belongs to a particle when its background probability is below ``1 - this``."""
+"""With ``foreground`` components, a voxel belongs to a particle when its particle
+probability (one minus the background probability) exceeds this."""
 
 
 @dataclass
@@ -148,23 +155,23 @@ def _particles_of_groups(points: np.ndarray, weights: np.ndarray, groups: np.nda
     ``min_size_fraction`` of their sphere dropped, groups holding more than
     ``SPLIT_FACTOR`` spheres split by k-means; score = mean weight."""
     found = []
-    for group in np.unique(groups):
-        members = groups == group
+    order = np.argsort(groups, kind="stable")
+    names, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    for group, start, count in zip(names.tolist(), starts, counts):
+        members = order[start:start + count]
         group_points, group_weights = points[members], weights[members]
-        radius = radius_of[int(group)]
-        sphere = 4.0 / 3.0 * math.pi * radius**3
-        if len(group_points) < min_size_fraction * sphere:
+        sphere = 4.0 / 3.0 * math.pi * radius_of[group] ** 3
+        if count < min_size_fraction * sphere:
             continue
-        parts = (max(1, int(round(len(group_points) / sphere)))
-                 if len(group_points) > SPLIT_FACTOR * sphere else 1)
+        parts = max(1, int(round(count / sphere))) if count > SPLIT_FACTOR * sphere else 1
         assignment = (_kmeans(group_points, group_weights, parts) if parts > 1
-                      else np.zeros(len(group_points), int))
-        for part in range(parts):
-            chosen = assignment == part
-            if chosen.sum() < min_size_fraction * sphere:
-                continue
-            found.append((int(group), group_points[chosen].mean(axis=0),
-                          float(group_weights[chosen].mean())))
+                      else np.zeros(count, int))
+        sizes = np.bincount(assignment, minlength=parts)
+        sums = np.stack([np.bincount(assignment, weights=group_points[:, a], minlength=parts)
+                         for a in range(3)], axis=1)
+        scores = np.bincount(assignment, weights=group_weights, minlength=parts)
+        for part in np.flatnonzero(sizes >= min_size_fraction * sphere):
+            found.append((group, sums[part] / sizes[part], float(scores[part] / sizes[part])))
     return found
 
 
@@ -188,11 +195,13 @@ def _argmax_particles(segmentation: Segmentation, radii: Sequence[float],
 
 
 def _foreground_particles(segmentation: Segmentation, radii: Sequence[float],
-                          min_size_fraction: float) -> list[tuple[int, np.ndarray, float]]:
+                          min_size_fraction: float, threshold: float
+                          ) -> list[tuple[int, np.ndarray, float]]:
     """``(class index, centre (z, y, x), score)`` per particle, class-agnostic
-    components whose class is decided by summed probabilities."""
+    components of the voxels whose particle probability exceeds ``threshold``, each
+    of the class with the largest summed probability."""
     classes = len(radii)
-    components = _Components.of(segmentation.foreground > FOREGROUND_THRESHOLD)
+    components = _Components.of(segmentation.foreground > threshold)
     if components.count == 0:
         return []
     flat = np.ravel_multi_index(components.coords.astype(np.intp).T,
@@ -219,6 +228,88 @@ def _foreground_particles(segmentation: Segmentation, radii: Sequence[float],
         components.coords, foreground, groups, radius_of, min_size_fraction)]
 
 
+def smooth_gaussian(volume: np.ndarray, sigma: float) -> torch.Tensor:
+    """``volume`` ``(z, y, x)`` convolved with a normalised Gaussian of ``sigma`` voxels
+    (separable, truncated at 3 sigma, zero outside), float32."""
+    half = max(1, int(math.ceil(3 * sigma)))
+    axis = torch.arange(-half, half + 1, dtype=torch.float32)
+    kernel = torch.exp(-(axis**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = len(axis)
+        padding = [0, 0, 0]
+        padding[dim] = half
+        x = functional.conv3d(x, kernel.reshape(shape), padding=padding)
+    return x[0, 0]
+
+
+def _vote(labels: np.ndarray, scores: np.ndarray, chosen: np.ndarray, classes: int) -> int:
+    """The class index (0-based) with the largest summed ``scores`` among the ``chosen``
+    voxels, by their argmax ``labels`` (0 = background, never chosen)."""
+    return int(np.argmax(np.bincount(labels[chosen], weights=scores[chosen],
+                                     minlength=classes + 1)[1:]))
+
+
+def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
+                    min_size_fraction: float, threshold: float
+                    ) -> list[tuple[int, np.ndarray, float]]:
+    """``(class index, centre (z, y, x), score)`` per particle: local maxima of the
+    smoothed particle probability on or next to the voxels above ``threshold``; each peak's
+    class from the summed probability votes of its particle voxels within the
+    radius of the class that wins within the smallest radius, kept when
+    enough of its class sphere is particle and no better peak lies within that radius;
+    centre = the probability-weighted centroid within half its radius, score = the
+    mean particle probability within it."""
+    radius_array = np.asarray(radii, dtype=np.float64)
+    smallest = float(radius_array.min())
+    foreground = segmentation.foreground.astype(np.float32)
+    smooth = smooth_gaussian(foreground, max(smallest / 2, 1.0))
+    size = 2 * int(smallest) + 1
+    peaks = (smooth == functional.max_pool3d(smooth[None, None], size, 1, size // 2)[0, 0])
+    # a peak on or next to a particle voxel (a one-voxel gap may split a particle)
+    particle = torch.from_numpy((foreground > threshold).astype(np.float32))
+    peaks &= functional.max_pool3d(particle[None, None], 3, 1, 1)[0, 0] > 0
+    zyx = peaks.nonzero().numpy()
+    heights = smooth[tuple(torch.from_numpy(zyx).T)].numpy()
+    zyx = zyx[np.argsort(-heights, kind="stable")]
+    shape = np.array(foreground.shape)
+    reach = int(math.ceil(radius_array.max()))
+    offsets = np.stack(np.meshgrid(*[np.arange(-reach, reach + 1)] * 3, indexing="ij"),
+                       axis=-1).reshape(-1, 3)
+    distances = np.sqrt((offsets**2).sum(axis=1))
+    kept_centres: list[np.ndarray] = []
+    kept_radii: list[float] = []
+    found = []
+    for peak in zyx:
+        points = peak + offsets
+        inside = ((points >= 0) & (points < shape)).all(axis=1)
+        points, near = points[inside], distances[inside]
+        index = tuple(points.T)
+        probability = foreground[index]
+        labels = segmentation.labels[index]
+        scores = segmentation.scores[index].astype(np.float64) * (probability > threshold)
+        # a first guess from the smallest sphere, then the vote over the guess's sphere
+        guess = _vote(labels, scores, near <= smallest, len(radii))
+        klass = _vote(labels, scores, near <= radius_array[guess], len(radii))
+        radius = float(radius_array[klass])
+        if kept_centres and (np.linalg.norm(np.array(kept_centres) - peak, axis=1)
+                             < np.maximum(np.array(kept_radii), radius)).any():
+            continue
+        sphere = near <= radius
+        particle = sphere & (probability > threshold)
+        if particle.sum() < min_size_fraction * 4.0 / 3.0 * math.pi * radius**3:
+            continue
+        core = particle & (near <= max(radius / 2, 1.0))
+        weights = probability[core].astype(np.float64)
+        centre = (points[core] * weights[:, None]).sum(axis=0) / weights.sum()
+        kept_centres.append(peak.astype(np.float64))
+        kept_radii.append(radius)
+        found.append((klass, centre, float(probability[particle].mean())))
+    return found
+
+
 def extract_particles(
     segmentation: Segmentation,
     class_names: Sequence[str],
@@ -226,6 +317,7 @@ def extract_particles(
     min_size_fraction: float = MIN_SIZE_FRACTION,
     min_score: float | Sequence[float] = 0.0,
     components: str = DEFAULT_COMPONENTS,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
 ) -> ParticleTable:
     """Particles of every class in a segmentation.
 
@@ -237,6 +329,8 @@ def extract_particles(
         min_score: particles with a lower score are dropped; one value for every
             class or one per class.
         components: one of ``COMPONENT_MODES``.
+        foreground_threshold: with ``foreground`` or ``peaks``, the particle
+            probability a voxel must exceed.
 
     Returns:
         Centres in voxels ``(x, y, z)`` with class and score, sorted by class then
@@ -245,9 +339,12 @@ def extract_particles(
     if components not in COMPONENT_MODES:
         raise ValueError(f"components {components!r}: choose one of {COMPONENT_MODES}")
     cut = np.broadcast_to(np.asarray(min_score, dtype=np.float64), (len(class_names),))
-    finder = _foreground_particles if components == "foreground" else _argmax_particles
-    found = [(index, centre, score)
-             for index, centre, score in finder(segmentation, radii, min_size_fraction)
+    if components == "argmax":
+        particles = _argmax_particles(segmentation, radii, min_size_fraction)
+    else:
+        finder = _foreground_particles if components == "foreground" else _peak_particles
+        particles = finder(segmentation, radii, min_size_fraction, foreground_threshold)
+    found = [(index, centre, score) for index, centre, score in particles
              if score >= cut[index]]
     found.sort(key=lambda item: (item[0], -item[2]))
     if not found:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .augment import center_crop, context_size, random_flips, rotate_about_z
+from .augment import center_crop, random_flips, rotate_about_z
 from .coordinates import ParticleTable
+from .limits import context_size
 
 
 def crop_padded(volume: np.ndarray, centre_zyx: Sequence[int], size: int) -> np.ndarray:

@@ -6,21 +6,27 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_output, check_outputs, remove_partials
+from .checkpoint import checkpoint_path, read_checkpoint, run_fingerprint, write_checkpoint
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
-from .model_file import ModelMetadata, read_model_file, save_model, sidecar_paths
-from .models import build_backbone
+from .limits import finite_problem, iterations_problem, seed_problem
+from .model_file import ModelMetadata, build_network, read_model_file, save_model, sidecar_paths
+from .models import BACKBONES, build_backbone
 from .normalize import NORMALISATION
+from .picking import label_cutoffs
 from .progress import ProgressLog
-from .training import SaSiTrainer, TrainingSettings
-from .training_data import common_voxel_size, load_training_data, load_unlabelled
+from .training import SaSiTrainer, TrainingSettings, collapse_iteration
+from .training_data import check_tomograms, common_voxel_size, load_training_data, load_unlabelled
 
 WINDOW = 24
 DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
@@ -28,12 +34,58 @@ DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
 float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
 Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
 on a GPU."""
+CHECKPOINT_INTERVAL_S = 180.0
+"""Without ``--checkpoint-every``, a checkpoint after each 3 minutes of training, on
+whatever device: a killed run loses at most that much work."""
 
 
 def _check_out(path: str) -> Path:
     out = Path(path)
     if out.suffix != ".pt":
         raise SasiInputError(f"--out {path}: a model file must end in .pt")
+    return out
+
+
+def training_outputs(out: Path) -> list[tuple[str, Path]]:
+    """``(option, path)`` of every file a run writing model ``out`` may write."""
+    card, log = sidecar_paths(out)
+    return [("--out", out), ("--out", card), ("--out", log), ("--out", checkpoint_path(out))]
+
+
+def check_training_args(args: argparse.Namespace, pretrain: bool) -> Path:
+    """Every check of a training command that reads no volume: numbers, output paths
+    against the inputs, a left-over checkpoint, the tomograms' headers; return ``--out``.
+
+    Raises:
+        SasiInputError: naming the fix.
+    """
+    out = _check_out(args.out)
+    problem = (
+        (iterations_problem(args.iterations) if args.iterations is not None else None)
+        or seed_problem(args.seed)
+        or finite_problem("--learning-rate", args.learning_rate, 0.0, low_open=True)
+        or finite_problem("--ema-decay", args.ema_decay, 0.0, 0.9999)
+    )
+    if problem:
+        raise SasiInputError(problem)
+    if args.arch not in BACKBONES:
+        raise SasiInputError(
+            f"--arch {args.arch}: unknown network; choose one of {', '.join(sorted(BACKBONES))}"
+        )
+    tomograms = [("--tomogram", p) for p in args.tomogram]
+    inputs = tomograms if pretrain else [
+        *tomograms, *(("--coords", p) for p in args.coords),
+        *(("--unlabelled", p) for p in args.unlabelled),
+        *([("--pretrained", args.pretrained)] if args.pretrained else [])]
+    check_outputs(training_outputs(out), inputs)
+    checkpoint = checkpoint_path(out)
+    if checkpoint.exists() and not args.resume:
+        raise SasiInputError(
+            f"{checkpoint}: an interrupted run left this checkpoint; add --resume to continue "
+            "it, or delete the file to start again"
+        )
+    check_tomograms(tomograms if pretrain else
+                    [*tomograms, *(("--unlabelled", p) for p in args.unlabelled)], WINDOW)
     return out
 
 
@@ -52,7 +104,7 @@ def _settings(
     iterations = args.iterations or DEFAULT_ITERATIONS[device.type]
     return TrainingSettings(iterations=iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, window=WINDOW, seed=args.seed,
-                            precision=args.precision, **switches)
+                            precision=args.precision, ema_decay=args.ema_decay, **switches)
 
 
 @contextlib.contextmanager
@@ -73,40 +125,103 @@ def _placement(args: argparse.Namespace) -> Iterator[tuple[torch.device, Replica
         leave_process_group()
 
 
-def _run(model: nn.Module, trainer: SaSiTrainer, out: Path, label: str) -> list[dict]:
-    """Train with progress on stderr and in the log side-car (rank 0 only)."""
-    if not trainer.replica.is_main:
+class _Checkpointer:
+    """Writes the checkpoint of a run (main process only) every ``every`` iterations,
+    or every :data:`CHECKPOINT_INTERVAL_S` seconds when ``every`` is ``None``."""
+
+    def __init__(self, trainer: SaSiTrainer, path: Path, fingerprint: str,
+                 every: int | None) -> None:
+        self.trainer = trainer
+        self.path = path
+        self.fingerprint = fingerprint
+        self.every = every
+        self.progress: ProgressLog | None = None
+        self._last = time.monotonic()
+
+    def after_step(self, done: int, history: list[dict]) -> None:
+        """Write a checkpoint after ``done`` iterations when one is due."""
+        if not self.trainer.replica.is_main or done >= self.trainer.settings.iterations:
+            return
+        due = (done % self.every == 0 if self.every
+               else time.monotonic() - self._last >= CHECKPOINT_INTERVAL_S)
+        if due:
+            write_checkpoint(self.path, self.fingerprint, done, self.trainer.state_dict(),
+                             history, self.progress.records if self.progress else [])
+            self._last = time.monotonic()
+
+
+def _train_and_save(args: argparse.Namespace, trainer: SaSiTrainer, out: Path, label: str,
+                    description: dict, arrays: Sequence[np.ndarray],
+                    make_meta: Callable[[list[dict]], ModelMetadata]) -> None:
+    """Train (from the checkpoint with ``--resume``, writing checkpoints on the way)
+    with progress on stderr and in the log side-car, then save the model and remove
+    the checkpoint; only the main process logs and writes."""
+    settings, replica = trainer.settings, trainer.replica
+    fingerprint = run_fingerprint({**description, "settings": vars(settings)}, arrays,
+                                  trainer.model.state_dict())
+    checkpoint = checkpoint_path(out)
+    history: list[dict] = []
+    log: list[dict] = []
+    if args.resume and checkpoint.exists():
+        saved = read_checkpoint(checkpoint, fingerprint)
+        trainer.load_state_dict(saved["trainer"])
+        history, log = saved["history"], saved["log"]
+    checkpointer = _Checkpointer(trainer, checkpoint, fingerprint, args.checkpoint_every)
+    if not replica.is_main:
         with open(os.devnull, "w") as quiet:
-            return trainer.run(ProgressLog(trainer.settings.iterations, label, stream=quiet))
+            trainer.run(ProgressLog(settings.iterations, label, stream=quiet, previous=log),
+                        history, checkpointer.after_step)
+        return
+    if args.resume:
+        for _, path in training_outputs(out):
+            remove_partials(path)
+        print(f"{label}: " + (f"resuming from {checkpoint} after iteration {len(history)}"
+                              if history else f"no checkpoint {checkpoint}; starting afresh"),
+              file=sys.stderr)
     log_path = sidecar_paths(out)[1]
-    processes = trainer.replica.world_size
-    print(f"{label}: {trainer.settings.iterations} iterations on {trainer.device}"
+    processes = replica.world_size
+    every = (f"every {args.checkpoint_every} iterations" if args.checkpoint_every
+             else f"every {CHECKPOINT_INTERVAL_S / 60:g} minutes")
+    print(f"{label}: {settings.iterations} iterations on {trainer.device}"
           f"{f' and {processes - 1} more processes' if processes > 1 else ''} "
-          f"({sum(p.numel() for p in model.parameters()):,} parameters); log: {log_path}",
-          file=sys.stderr)
-    with ProgressLog(trainer.settings.iterations, label, log_path) as progress:
-        return trainer.run(progress)
+          f"({sum(p.numel() for p in trainer.model.parameters()):,} parameters); "
+          f"log: {log_path}; checkpoint {every}: {checkpoint}", file=sys.stderr)
+    with atomic_output(log_path) as tmp_log, \
+            ProgressLog(settings.iterations, label, tmp_log, previous=log) as progress:
+        checkpointer.progress = progress
+        history = trainer.run(progress, history, checkpointer.after_step)
+        save_model(out, trainer.trained_model(), make_meta(history))
+    checkpoint.unlink(missing_ok=True)
 
 
 def run_train(args: argparse.Namespace) -> None:
     """Few-shot training from labelled tomograms, optionally from a pre-trained model."""
-    out = _check_out(args.out)
+    out = check_training_args(args, pretrain=False)
     with _placement(args) as (device, replica):
         _train(args, out, device, replica)
 
 
+def _read_pretrained(path: str) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
+    """A pre-trained model file, checked (its weights must fit its own network)."""
+    meta, state = read_model_file(path)
+    build_network(meta, state, path)
+    if meta.window != WINDOW:
+        raise SasiInputError(f"{path}: window {meta.window}, expected {WINDOW}; give a model "
+                             "trained by this version of sasi")
+    return meta, state
+
+
 def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: Replica) -> None:
+    pre_meta, state = _read_pretrained(args.pretrained) if args.pretrained else (None, None)
     data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW)
-    extra, extra_size = load_unlabelled(args.unlabelled) if args.unlabelled else ([], None)
+    extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled")
+                         if args.unlabelled else ([], None))
     voxel_size = common_voxel_size([data.voxel_size, extra_size],
                                    ["the labelled tomograms", "the --unlabelled tomograms"])
-    arch, state = args.arch, None
-    if args.pretrained:
-        pre_meta, state = read_model_file(args.pretrained)
+    arch = args.arch
+    if pre_meta is not None:
         common_voxel_size([voxel_size, pre_meta.voxel_size],
                           ["the tomograms", f"pre-trained model {args.pretrained}"])
-        if pre_meta.window != WINDOW:
-            raise SasiInputError(f"{args.pretrained}: window {pre_meta.window}, expected {WINDOW}")
         arch = pre_meta.arch
     ssl = args.ssl if args.ssl != "auto" else ("none" if args.pretrained else "iss")
     settings = _settings(args, device, infill=not args.no_infill,
@@ -117,42 +232,55 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
         copied = _load_matching(model, state)
         print(f"train: started from {args.pretrained} ({copied} tensors)", file=sys.stderr)
     trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device, replica)
-    history = _run(model, trainer, out, "train")
-    if not replica.is_main:
-        return
-    meta = ModelMetadata(arch=arch, arch_params={}, classes=data.class_names, radii=data.radii,
-                         window=WINDOW, voxel_size=voxel_size, normalisation=NORMALISATION,
-                         pretrained_only=False, iterations=settings.iterations,
-                         settings={**vars(settings), "pretrained": args.pretrained,
-                                   "labels": sum(len(t) for t in data.particles),
-                                   "processes": replica.world_size},
-                         loss_history=history)
-    save_model(out, model, meta)
-    print(f"trained {', '.join(data.class_names)} -> {out}")
+
+    def meta(history: list[dict]) -> ModelMetadata:
+        print("train: choosing score cut-offs from the labelled particles", file=sys.stderr)
+        cutoffs = label_cutoffs(trainer.trained_model(), data.volumes, data.particles,
+                                data.class_names, data.radii, device)
+        return ModelMetadata(
+            arch=arch, arch_params={}, classes=data.class_names, radii=data.radii,
+            window=WINDOW, voxel_size=voxel_size, normalisation=NORMALISATION,
+            pretrained_only=False, iterations=settings.iterations,
+            settings={**vars(settings), "pretrained": args.pretrained,
+                      "labels": sum(len(t) for t in data.particles),
+                      "processes": replica.world_size,
+                      "ssl_collapsed_at": collapse_iteration(history)},
+            loss_history=history, score_cutoffs=cutoffs)
+
+    description = {"command": "train", "arch": arch, "classes": data.class_names,
+                   "radii": data.radii, "voxel_size": voxel_size}
+    arrays = [*data.volumes, *data.label_maps, *(t.xyz for t in data.particles), *extra]
+    _train_and_save(args, trainer, out, "train", description, arrays, meta)
+    if replica.is_main:
+        print(f"trained {', '.join(data.class_names)} -> {out}")
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
     """SimCLR self-supervised pre-training on unlabelled tomograms."""
-    out = _check_out(args.out)
+    out = check_training_args(args, pretrain=True)
     with _placement(args) as (device, replica):
         _pretrain(args, out, device, replica)
 
 
 def _pretrain(args: argparse.Namespace, out: Path, device: torch.device,
               replica: Replica) -> None:
-    volumes, voxel_size = load_unlabelled(args.tomogram)
+    volumes, voxel_size = load_unlabelled(args.tomogram, WINDOW)
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
     torch.manual_seed(args.seed)
     model = build_backbone(args.arch, 2)
     trainer = SaSiTrainer(model, None, volumes, settings, device, replica)
-    history = _run(model, trainer, out, "pretrain")
-    if not replica.is_main:
-        return
-    meta = ModelMetadata(arch=args.arch, arch_params={}, classes=[], radii=[], window=WINDOW,
-                         voxel_size=voxel_size, normalisation=NORMALISATION, pretrained_only=True,
-                         iterations=settings.iterations,
-                         settings={**vars(settings), "processes": replica.world_size},
-                         loss_history=history)
-    save_model(out, model, meta)
-    print(f"pre-trained {args.arch} -> {out}")
+
+    def meta(history: list[dict]) -> ModelMetadata:
+        return ModelMetadata(
+            arch=args.arch, arch_params={}, classes=[], radii=[], window=WINDOW,
+            voxel_size=voxel_size, normalisation=NORMALISATION, pretrained_only=True,
+            iterations=settings.iterations,
+            settings={**vars(settings), "processes": replica.world_size,
+                      "ssl_collapsed_at": collapse_iteration(history)},
+            loss_history=history)
+
+    description = {"command": "pretrain", "arch": args.arch, "voxel_size": voxel_size}
+    _train_and_save(args, trainer, out, "pretrain", description, volumes, meta)
+    if replica.is_main:
+        print(f"pre-trained {args.arch} -> {out}")

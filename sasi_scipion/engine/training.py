@@ -19,13 +19,18 @@ Choices where the paper is silent (all exposed in ``TrainingSettings``):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from .augment import center_crop, random_exact_transform
+from .checkpoint import evolving_state, restore_state
 from .distributed import ALONE, Replica
 from .infill import volume_infill
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
@@ -35,6 +40,33 @@ from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
 from .training_data import TrainingData
 
 SSL_SCHEDULES = ("iss", "pss", "none")
+COLLAPSE_STEPS = 20
+"""SimCLR steps in a row at the collapse loss that count as a collapse."""
+COLLAPSE_TOLERANCE = 0.01
+"""How close (relative) to ``ln(2B - 1)`` a SimCLR loss counts as collapsed."""
+SIMCLR_COLLAPSE = "simclr-collapse"
+"""The ``warning`` value of the history record where a collapse was detected."""
+
+
+def simclr_collapse_loss(batch_size: int) -> float:
+    """NT-Xent of ``batch_size`` pairs whose projections are all the same: ``ln(2B - 1)``."""
+    return math.log(2 * batch_size - 1)
+
+
+def simclr_collapsed(history: Sequence[dict[str, float | str]], batch_size: int) -> bool:
+    """Whether the last ``COLLAPSE_STEPS`` SimCLR losses of ``history`` all lie within
+    ``COLLAPSE_TOLERANCE`` of :func:`simclr_collapse_loss`: every window is projected
+    to the same point and SimCLR teaches nothing."""
+    losses = [float(r["loss_ssl"]) for r in history if "loss_ssl" in r][-COLLAPSE_STEPS:]
+    collapse = simclr_collapse_loss(batch_size)
+    return len(losses) == COLLAPSE_STEPS and all(
+        abs(loss - collapse) <= COLLAPSE_TOLERANCE * collapse for loss in losses)
+
+
+def collapse_iteration(history: Sequence[dict[str, float | str]]) -> int | None:
+    """The iteration at which a SimCLR collapse was reported, if any."""
+    return next((int(r["iteration"]) for r in history if r.get("warning") == SIMCLR_COLLAPSE),
+                None)
 
 
 @dataclass
@@ -64,6 +96,10 @@ class TrainingSettings:
             optimiser stay float32): 4x faster steps on an AMX CPU, but on the
             demo data 200 bf16 steps reached a pooled F1 of 0.60 against 0.74
             for 200 float32 steps, so it is opt-in.
+        ema_decay: weights saved are an exponential moving average of the training
+            weights with this decay (0: the last weights); the decay ramps up
+            as ``min(decay, (1 + n) / (10 + n))`` after ``n`` averaged steps, so
+            the initial weights fade quickly.
     """
 
     iterations: int
@@ -82,6 +118,7 @@ class TrainingSettings:
     temperature: float = 0.1
     seed: int = 0
     precision: str = "fp32"
+    ema_decay: float = 0.0
 
 
 def ssl_iterations(settings: TrainingSettings) -> np.ndarray:
@@ -100,6 +137,16 @@ def ssl_iterations(settings: TrainingSettings) -> np.ndarray:
     for start in range(0, blocks * period, period):
         mask[start : start + block_length] = True
     return mask
+
+
+def _ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``AveragedModel``'s update for an exponential moving average whose decay ramps
+    up to ``decay`` (see ``TrainingSettings.ema_decay``)."""
+    def update(average: torch.Tensor, current: torch.Tensor,
+               averaged: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1.0 + float(averaged)) / (10.0 + float(averaged)))
+        return average + (current - average) * (1.0 - rate)
+    return update
 
 
 class SaSiTrainer:
@@ -145,6 +192,9 @@ class SaSiTrainer:
         embedding = model.embedding_channels * (window // model.embedding_stride) ** 3
         self.head = ProjectionHead(embedding).to(device)
         replica.broadcast_parameters(self.head)
+        self.average = (AveragedModel(self.model, device, avg_fn=_ema(settings.ema_decay),
+                                      use_buffers=True)
+                        if settings.ema_decay > 0 else None)
         self.optimizer = torch.optim.Adam(self._parameters(), lr=settings.learning_rate)
         self.schedule = (
             np.ones(settings.iterations, dtype=bool) if data is None else ssl_iterations(settings)
@@ -216,6 +266,8 @@ class SaSiTrainer:
         loss.backward()
         self.replica.average_gradients(self._parameters())
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         record: dict[str, float | str] = {"phase": "ssl" if is_ssl else "supervised",
                                           "loss": float(total.item())}
         record.update({name: float(value.item()) for name, value in logged.items()})
@@ -224,13 +276,46 @@ class SaSiTrainer:
     def _parameters(self) -> list[nn.Parameter]:
         return [*self.model.parameters(), *self.head.parameters()]
 
-    def run(self, progress: ProgressLog) -> list[dict[str, float | str]]:
-        """Run every iteration; return the loss history (one record per iteration)."""
-        history = []
-        for iteration in range(self.settings.iterations):
-            record = {"iteration": iteration + 1, **self.step(iteration)}
+    def trained_model(self) -> nn.Module:
+        """The weights to save: the moving average when ``ema_decay`` is set, else the
+        last weights."""
+        return self.model if self.average is None else self.average.module
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything training changes (weights, optimiser, random generators, sampler
+        orders, found generically: ``checkpoint.evolving_state``), for a checkpoint."""
+        return evolving_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a trainer built with the same arguments."""
+        restore_state(self, state)
+
+    def run(
+        self,
+        progress: ProgressLog,
+        history: Sequence[dict[str, float | str]] = (),
+        after_step: Callable[[int, list[dict[str, float | str]]], None] | None = None,
+    ) -> list[dict[str, float | str]]:
+        """Run the iterations after those of ``history`` (the records of a resumed run;
+        empty: all of them), calling ``after_step(iterations done, history)`` after each;
+        return the loss history (one record per iteration)."""
+        history = list(history)
+        warned = collapse_iteration(history) is not None
+        for iteration in range(len(history), self.settings.iterations):
+            record: dict[str, float | str] = {"iteration": iteration + 1, **self.step(iteration)}
             history.append(record)
+            if not warned and "loss_ssl" in record and simclr_collapsed(
+                    history, self.settings.batch_size):
+                warned = True
+                record["warning"] = SIMCLR_COLLAPSE
+                print(f"warning: SimCLR collapsed at iteration {iteration + 1}: its loss has "
+                      f"stayed at ln(2B - 1) = {simclr_collapse_loss(self.settings.batch_size):.3f}"
+                      f" for {COLLAPSE_STEPS} steps, so every window gets the same embedding "
+                      "and self-supervision teaches nothing; train with --ssl none, or "
+                      "pre-train on more tomograms", file=progress.stream, flush=True)
             progress.update(iteration + 1, **{k: v for k, v in record.items() if k != "iteration"})
+            if after_step is not None:
+                after_step(iteration + 1, history)
         return history
 
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import sys
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .coordinates import ParticleTable, drop_outside, read_particles
+from .coordinates import (
+    ParticleTable,
+    drop_duplicates,
+    drop_outside,
+    inside_volume,
+    read_particles,
+)
 from .errors import SasiInputError
+from .limits import radius_problem
 from .masks import sphere_label_volume
-from .mrc_io import read_volume
+from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
 
 ANY_CLASS = "*"
-VOXEL_SIZE_TOLERANCE = 0.01
-"""Relative difference of voxel sizes still taken as equal."""
 
 
 @dataclass
@@ -49,9 +55,10 @@ def parse_radii(specs: Sequence[str]) -> dict[str, float]:
             radius = float(value)
         except ValueError:
             radius = float("nan")
-        if not radius > 0:
+        if not (math.isfinite(radius) and radius > 0):
             raise SasiInputError(
-                f"--radius {spec}: expected CLASS=R or R with R a positive number of voxels"
+                f"--radius {spec}: expected CLASS=R or R with R a finite, positive number "
+                "of voxels"
             )
         radii[name or ANY_CLASS] = radius
     return radii
@@ -77,7 +84,9 @@ def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int
     """Radius per class from parsed ``--radius`` options.
 
     Raises:
-        SasiInputError: a class without a radius.
+        SasiInputError: a class without a radius, a radius under a voxel or one
+            whose particle does not fit a ``window``-voxel window
+            (``limits.radius_problem``).
     """
     result = []
     for name in class_names:
@@ -86,21 +95,62 @@ def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int
             raise SasiInputError(
                 f"class {name!r} has no radius; add --radius {name}=R (R in voxels)"
             )
-        if radius > window / 2 - 1:
-            print(
-                f"warning: class {name!r}: radius {radius:g} voxels barely fits the {window}-voxel "
-                "window; bin the tomograms so particles are smaller than the window",
-                file=sys.stderr,
-            )
+        problem = radius_problem(name, radius, window)
+        if problem:
+            raise SasiInputError(problem)
         result.append(radius)
     return result
 
 
-def load_training_data(
+def check_tomograms(given: Sequence[tuple[str, str]], window: int) -> list[MrcInfo]:
+    """Check tomograms ``(option, path)`` from their headers (``mrc_io.inspect_mrc``,
+    then the size) and refuse one given twice; return what the headers say."""
+    seen: dict[str, str] = {}
+    for option, path in given:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise SasiInputError(
+                f"{option} {path}: the tomogram {seen[real]} is already given; give each "
+                "tomogram once"
+            )
+        seen[real] = path
+    infos = [inspect_mrc(path) for _, path in given]
+    for (_, path), info in zip(given, infos):
+        problem = size_problem(path, info.shape, window)
+        if problem:
+            raise SasiInputError(problem)
+    return infos
+
+
+@dataclass
+class LabelPlan:
+    """The checked labels of the training tomograms, before any volume is read.
+
+    Attributes:
+        particles: labelled centres per tomogram inside it, duplicates removed.
+        class_names: the K classes, sorted.
+        radii: sphere radius per class, voxels.
+        voxel_size: Å per voxel shared by all tomograms, or ``None`` when unknown.
+    """
+
+    particles: list[ParticleTable]
+    class_names: list[str]
+    radii: list[float]
+    voxel_size: float | None
+
+
+def plan_labels(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
     window: int,
-) -> TrainingData:
-    """Read, check and label the training tomograms (one coordinate file per tomogram)."""
+) -> LabelPlan:
+    """Check every labelled input from the tomograms' headers and the coordinate files.
+
+    Raises:
+        SasiInputError: unpaired files, a bad tomogram header, duplicate tomograms,
+            a class with no radius, a ``--radius`` for a class that has no
+            particle, a class whose particles all lie outside their tomograms,
+            radii that do not fit the window, or differing voxel sizes.
+    """
     if not tomogram_paths:
         raise SasiInputError("no --tomogram given; give at least one tomogram with --coords")
     if len(tomogram_paths) != len(coords_paths):
@@ -109,39 +159,66 @@ def load_training_data(
             "coordinate file per tomogram, in the same order"
         )
     radii = parse_radii(radius_specs)
-    raw, tables, sizes = [], [], []
-    for tomo_path, coords_path in zip(tomogram_paths, coords_paths):
-        volume = read_volume(tomo_path)
-        table = drop_outside(read_particles(coords_path), volume.data.shape, coords_path)
-        raw.append(volume.data)
-        tables.append(table)
-        sizes.append(volume.voxel_size)
-    voxel_size = common_voxel_size(sizes, list(tomogram_paths))
-    class_names = sorted({name for table in tables for name in table.class_names})
+    infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
+    read = [drop_duplicates(read_particles(path), path) for path in coords_paths]
+    labelled = sorted({name for table in read for name in table.class_names})
+    unused = [name for name in radii if name != ANY_CLASS and name not in labelled]
+    if unused:
+        raise SasiInputError(
+            f"--radius {unused[0]}={radii[unused[0]]:g}: no particle of class {unused[0]!r} "
+            f"in the coordinate files (classes: {', '.join(labelled)}); fix the class name "
+            "or remove the option"
+        )
+    inside = [table.subset(inside_volume(table, info.shape)) for table, info in zip(read, infos)]
+    class_names = sorted({name for table in inside for name in table.class_names})
     if not class_names:
         raise SasiInputError(
             "no labelled particle lies inside its tomogram; check the coordinates' units "
             "(voxels) and axis order (x y z)"
         )
-    radius_list = class_radii(class_names, radii, window)
+    lost = [name for name in labelled if name not in class_names]
+    if lost:
+        raise SasiInputError(
+            f"class {lost[0]!r}: every one of its particles lies outside its tomogram; check "
+            "their coordinates (voxels, x y z) or remove the class from the coordinate files"
+        )
+    tables = [drop_outside(table, info.shape, path)
+              for table, info, path in zip(read, infos, coords_paths)]
+    return LabelPlan(
+        particles=tables,
+        class_names=class_names,
+        radii=class_radii(class_names, radii, window),
+        voxel_size=common_voxel_size([info.voxel_size for info in infos], list(tomogram_paths)),
+    )
+
+
+def load_training_data(
+    tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
+    window: int,
+) -> TrainingData:
+    """Check (``plan_labels``), read and label the training tomograms (one coordinate
+    file per tomogram)."""
+    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window)
+    raw = [read_tomogram(path, window).data for path in tomogram_paths]
     labels = [
-        sphere_label_volume(data.shape, table, class_names, radius_list)
-        for data, table in zip(raw, tables)
+        sphere_label_volume(data.shape, table, plan.class_names, plan.radii)
+        for data, table in zip(raw, plan.particles)
     ]
     return TrainingData(
         volumes=[normalise(data) for data in raw],
         label_maps=labels,
-        particles=tables,
-        class_names=class_names,
-        radii=radius_list,
-        voxel_size=voxel_size,
+        particles=plan.particles,
+        class_names=plan.class_names,
+        radii=plan.radii,
+        voxel_size=plan.voxel_size,
     )
 
 
-def load_unlabelled(paths: Sequence[str]) -> tuple[list[np.ndarray], float | None]:
+def load_unlabelled(paths: Sequence[str], window: int,
+                    option: str = "--tomogram") -> tuple[list[np.ndarray], float | None]:
     """Normalised tomograms for self-supervision, and their shared voxel size (Å)."""
     if not paths:
-        raise SasiInputError("no --tomogram given; give at least one tomogram")
-    volumes = [read_volume(p) for p in paths]
-    voxel_size = common_voxel_size([v.voxel_size for v in volumes], list(paths))
-    return [normalise(v.data) for v in volumes], voxel_size
+        raise SasiInputError(f"no {option} given; give at least one tomogram")
+    infos = check_tomograms([(option, path) for path in paths], window)
+    voxel_size = common_voxel_size([info.voxel_size for info in infos], list(paths))
+    return [normalise(read_tomogram(p, window).data) for p in paths], voxel_size

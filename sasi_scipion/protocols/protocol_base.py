@@ -7,7 +7,7 @@ import glob
 import json
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
@@ -16,12 +16,18 @@ from tomo.protocols import ProtTomoBase
 
 from .. import Plugin
 from ..constants import OUTPUT_MODEL
+from ..convert import tomograms_by_tsid
+from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
+from ..engine.limits import MAX_ITERATIONS, MAX_SEED
+from ..engine.model_file import build_network, read_model_file
+from ..engine.mrc_io import inspect_mrc, size_problem, unknown_voxel_size_warning
 from ..engine.training import TrainingSettings
 from ..objects import SaSiModel
 
-ERROR_PREFIX = "sasi: error: "
 BATCH_SIZE = TrainingSettings.batch_size
 """Windows per training batch (the engine's default, the paper's value)."""
+WINDOW = TrainingSettings.window
+"""Edge of the engine's training window, voxels: tomograms and particles must fit it."""
 LOG_TAIL_LINES = 12
 """Lines of a failed command's log quoted in the protocol's error message."""
 
@@ -33,6 +39,56 @@ class SaSiError(Exception):
 def tomogram_path(tomo) -> str:
     """Absolute path of a tomogram's MRC file (without an ``:mrc`` suffix)."""
     return os.path.abspath(tomo.getFileName().split(":")[0])
+
+
+def model_file_problem(path: str) -> str | None:
+    """The engine's one-line verdict on a model file that ``sasi`` would refuse (missing,
+    damaged, edited, not a SaSi model, weights that do not fit); ``None`` when usable."""
+    try:
+        meta, state = read_model_file(path)
+        build_network(meta, state, path)
+    except SasiInputError as error:
+        return str(error)
+    return None
+
+
+def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` about a set of tomograms, from the files' headers: the
+    engine's rules (tsIds present and distinct, a real-valued 3D volume at least a
+    window wide, a positive cubic voxel size; an unknown one is a warning)."""
+    try:
+        by_tsid = tomograms_by_tsid(tomograms)
+    except ValueError as error:
+        return [f"{str(error)[0].upper()}{str(error)[1:]}."], []
+    errors, warnings = [], []
+    for tomo in by_tsid.values():
+        path = tomogram_path(tomo)
+        try:
+            info = inspect_mrc(path)
+        except SasiInputError as error:
+            errors.append(f"{error}.")
+            continue
+        problem = size_problem(path, info.shape, WINDOW)
+        if problem:
+            errors.append(f"{problem}.")
+        if info.voxel_size is None:
+            warnings.append(f"{unknown_voxel_size_warning(path)}.")
+    return errors, warnings
+
+
+def run_number_problems(iterations: int, seed: int) -> list[str]:
+    """Errors about the 'Iterations' and 'Random seed' fields of a training protocol."""
+    errors = []
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        errors.append(f"Iterations must be 0 (default) or more, and at most {MAX_ITERATIONS}.")
+    if not 0 <= seed <= MAX_SEED:
+        errors.append(f"Random seed must be a whole number from 0 to {MAX_SEED}.")
+    return errors
+
+
+def _holds(path: str, text: str) -> bool:
+    with open(path, errors="replace") as handle:
+        return any(text in line for line in handle)
 
 
 class ProtSaSiBase(EMProtocol, ProtTomoBase):
@@ -60,15 +116,17 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
     def _device(self) -> str:
         return "cuda" if self.useGpu.get() else "cpu"
 
-    def _program(self) -> str:
+    def _program(self, error_file: str) -> str:
+        """The ``sasi`` program with its variables: ``SASI_ERROR_FILE`` (where it writes
+        its reason if it fails) and, without a queue, the GPUs to use."""
         program = Plugin.getSasiProgram()
-        if not self.useGpu.get() or self.useQueue():
-            # Under a queue the scheduler assigns the GPUs and sets CUDA_VISIBLE_DEVICES.
-            return program
-        # pyworkflow replaces %(GPU)s in the program with the comma-separated GPU ids.
+        prefix = f"{ERROR_FILE_VARIABLE}={shlex.quote(error_file)} "
+        if self.useGpu.get() and not self.useQueue():
+            # pyworkflow replaces %(GPU)s in the program with the comma-separated GPU ids;
+            # under a queue the scheduler assigns the GPUs and sets CUDA_VISIBLE_DEVICES.
+            prefix += "CUDA_VISIBLE_DEVICES=%(GPU)s "
         parts = program.rsplit("&& ", 1)
-        gpu = "CUDA_VISIBLE_DEVICES=%(GPU)s "
-        return f"{parts[0]}&& {gpu}{parts[1]}" if len(parts) == 2 else gpu + program
+        return f"{parts[0]}&& {prefix}{parts[1]}" if len(parts) == 2 else prefix + program
 
     def runSasi(self, arguments: Sequence[str], device: bool = True) -> None:
         """Run ``sasi ARGUMENTS [--device ...]`` through ``runJob`` (queue and GPU aware).
@@ -84,13 +142,17 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
         out = args[args.index("--out") + 1] if "--out" in args else None
         if out and os.path.exists(out):
             os.remove(out)
+        error_file = self._getLogsPath(
+            f"sasi-{args[0]}-{os.path.basename(out) if out else 'run'}.error")
+        if os.path.exists(error_file):
+            os.remove(error_file)
         try:
-            self.runJob(self._program(), " ".join(shlex.quote(a) for a in args),
+            self.runJob(self._program(error_file), " ".join(shlex.quote(a) for a in args),
                         env=Plugin.getEnviron(), numberOfThreads=1, numberOfMpi=1)
         except Exception as error:  # pyworkflow raises a bare Exception with the command
-            raise SaSiError(self._failureReason(args[0]) or str(error)) from error
+            raise SaSiError(self._failureReason(args[0], error_file) or str(error)) from error
         if out and not os.path.exists(out):
-            raise SaSiError(self._failureReason(args[0])
+            raise SaSiError(self._failureReason(args[0], error_file)
                             or f"sasi {args[0]} wrote no {out}: its job failed or was cancelled")
 
     def _logFiles(self) -> list[str]:
@@ -101,26 +163,34 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
                         key=os.path.getmtime)
         return [p for p in [*self.getLogPaths(), *queued] if os.path.exists(p)]
 
-    def _failureReason(self, command: str) -> str | None:
-        """``sasi COMMAND failed: <last 'sasi: error:' line>`` and the last lines of the
-        log that holds it; without such a line, the last lines of the newest queued job's
-        log. ``None`` when there is nothing to quote."""
+    def _failureReason(self, command: str, error_file: str) -> str | None:
+        """``sasi COMMAND failed: <its reason>`` and the last lines of the newest log that
+        holds the reason; without a reason, the last lines of the newest queued job's log.
+        The reason is what this very command wrote to ``error_file`` (``SASI_ERROR_FILE``),
+        never another step's error from a shared log. ``None`` when there is nothing to
+        quote."""
         logs = self._logFiles()
         reason, source = None, None
-        for path in logs:
-            with open(path, errors="replace") as handle:
-                for line in handle:
-                    if ERROR_PREFIX in line:
-                        reason, source = line.split(ERROR_PREFIX, 1)[1].strip(), path
+        if os.path.exists(error_file):
+            with open(error_file, errors="replace") as handle:
+                reason = handle.readline().strip() or None
+        if reason:
+            holding = [p for p in logs if _holds(p, reason)]
+            source = max(holding, key=os.path.getmtime) if holding else None
         if source is None:
             queued = [p for p in logs if p not in self.getLogPaths()]
-            if not queued:
-                return None
-            source = max(queued, key=os.path.getmtime)
+            source = max(queued, key=os.path.getmtime) if queued else None
+        headline = f"sasi {command} failed" + (f": {reason}" if reason else "")
+        if source is None:
+            return headline if reason else None
         with open(source, errors="replace") as handle:
             tail = "".join(handle.readlines()[-LOG_TAIL_LINES:]).rstrip()
-        headline = f"sasi {command} failed" + (f": {reason}" if reason else "")
         return f"{headline}\nLast lines of {source}:\n{tail}"
+
+    def _tomogramWarnings(self, tomograms: Iterable) -> list[str]:
+        """Warnings of :func:`tomogram_problems` for the sets ``tomograms`` (None skipped)."""
+        return [w for t in tomograms if t is not None and t.getSize()
+                for w in tomogram_problems(t)[1]]
 
     def _citations(self) -> list[str]:
         return ["Adethya2025"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -98,6 +99,10 @@ class ProtSaSiEvaluate(ProtSaSiBase):
         if picks is None or not references:
             return ["Choose the picks and at least one reference set."]
         errors = []
+        try:
+            tomograms_by_tsid(picks.getPrecedents())
+        except ValueError as error:
+            return [f"The picked tomograms: {error}."]
         if any(r.getSize() == 0 for r in references):
             errors.append("A reference set is empty: choose sets holding the true particles.")
         shared = set().union(*(coordinate_tsids(r) for r in references)) & {
@@ -105,8 +110,8 @@ class ProtSaSiEvaluate(ProtSaSiBase):
         if not shared:
             errors.append("Picks and references share no tomogram (tsId): choose references "
                           "of the picked tomograms.")
-        if self.hitRadius.get() < 0:
-            errors.append("The hit radius must be 0 (automatic) or positive.")
+        if not (math.isfinite(self.hitRadius.get()) and self.hitRadius.get() >= 0):
+            errors.append("The hit radius must be 0 (automatic) or a positive number.")
         return errors
 
     def _warnings(self) -> list[str]:

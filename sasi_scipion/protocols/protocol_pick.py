@@ -13,11 +13,11 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..convert import add_picks, tomograms_by_tsid
+from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
-from .protocol_base import ProtSaSiBase, tomogram_path
+from .protocol_base import ProtSaSiBase, model_file_problem, tomogram_path, tomogram_problems
 
 MODES = ["tiled", "sliding"]
-VOXEL_SIZE_TOLERANCE = 0.01
 
 
 def box_size(radii: list[float]) -> int:
@@ -49,8 +49,15 @@ class ProtSaSiPick(ProtSaSiBase):
         form.addParam("inputModel", params.PointerParam, pointerClass=SaSiModel,
                       label="Trained model", important=True,
                       help="Output of 'sasi - train'.")
+        form.addParam("useModelCutoffs", params.BooleanParam, default=True,
+                      label="Score cut-offs from the labels?",
+                      help="Yes: drop picks scoring below the per-class cut-offs that "
+                           "training chose from how the model scores your labelled "
+                           "particles. No: one minimum score for every class.")
         form.addParam("minScore", params.FloatParam, default=0.0, label="Minimum score",
-                      help="Drop particles whose mean class probability is lower (0 to 1).")
+                      condition="not useModelCutoffs",
+                      help="Drop particles whose score (mean class probability) is lower "
+                           "(0 to 1; 0 keeps every pick).")
         form.addParam("mode", params.EnumParam, choices=MODES, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
@@ -74,7 +81,8 @@ class ProtSaSiPick(ProtSaSiBase):
         tomo = tomograms_by_tsid(self.inputTomograms.get())[ts_id]
         self.runSasi(["pick", "--model", self.inputModel.get().getPath(),
                       "--tomogram", tomogram_path(tomo), "--out", self._picksPath(ts_id),
-                      "--mode", MODES[self.mode.get()], "--min-score", str(self.minScore.get())])
+                      "--mode", MODES[self.mode.get()],
+                      *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())])])
 
     def registerStep(self, ts_id: str) -> None:
         """Add one tomogram's picks to the output set (created on first use)."""
@@ -113,15 +121,20 @@ class ProtSaSiPick(ProtSaSiBase):
         tomograms, model = self.inputTomograms.get(), self.inputModel.get()
         if tomograms is None or tomograms.getSize() == 0:
             errors.append("The input set holds no tomogram: choose a set with tomograms.")
+        else:
+            errors += tomogram_problems(tomograms)[0]
         if model is None:
             return errors + ["Choose a trained model (output of 'sasi - train')."]
         if model.isPretrainedOnly():
             errors.append("The model is only pre-trained and knows no particle class: train "
                           "it with 'sasi - train' (as its pre-trained model) and pick with "
                           "the trained model.")
+        problem = model_file_problem(model.getPath())
         if not os.path.exists(model.getPath()):
             errors.append(f"The model file {model.getPath()} is missing: re-run the training "
                           "protocol.")
+        elif problem:
+            errors.append(f"Trained model: {problem}.")
         if tomograms is not None and tomograms.getSize() and model.getVoxelSize():
             rate = tomograms.getSamplingRate()
             if abs(rate - model.getVoxelSize()) > VOXEL_SIZE_TOLERANCE * model.getVoxelSize():
@@ -129,9 +142,12 @@ class ProtSaSiPick(ProtSaSiBase):
                     f"The model was trained at {model.getVoxelSize():.2f} Å/px but the "
                     f"tomograms are at {rate:.2f} Å/px: rescale (bin) the tomograms to "
                     f"{model.getVoxelSize():.2f} Å/px or train a model at {rate:.2f} Å/px.")
-        if not 0.0 <= self.minScore.get() <= 1.0:
+        if not self.useModelCutoffs.get() and not 0.0 <= self.minScore.get() <= 1.0:
             errors.append("Minimum score must lie between 0 and 1.")
         return errors
+
+    def _warnings(self) -> list[str]:
+        return self._tomogramWarnings([self.inputTomograms.get()])
 
     def _summary(self) -> list[str]:
         output = getattr(self, OUTPUT_COORDINATES, None)

@@ -7,7 +7,12 @@ from tomo.objects import SetOfTomograms
 
 from ..constants import OUTPUT_MODEL
 from ..engine.models import BACKBONES
-from .protocol_base import ProtSaSiModelBase, tomogram_path
+from .protocol_base import (
+    ProtSaSiModelBase,
+    run_number_problems,
+    tomogram_path,
+    tomogram_problems,
+)
 
 
 class ProtSaSiPretrain(ProtSaSiModelBase):
@@ -38,8 +43,10 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
 
     def pretrainStep(self) -> None:
         out = self._getExtraPath("pretrained.pt")
+        # --resume: a continued run (after a failure, a stop or a queue's time limit)
+        # goes on from the checkpoint the interrupted one left.
         args = ["pretrain", "--out", out, "--arch", list(BACKBONES)[self.arch.get()],
-                "--seed", str(self.seed.get())]
+                "--seed", str(self.seed.get()), "--resume"]
         for tomo in self.inputTomograms.get().iterItems():
             args += ["--tomogram", tomogram_path(tomo)]
         if self.iterations.get() > 0:
@@ -54,9 +61,13 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         tomograms = self.inputTomograms.get()
         if tomograms is None or tomograms.getSize() == 0:
             errors.append("The input set holds no tomogram: choose a set with tomograms.")
-        if self.iterations.get() < 0:
-            errors.append("Iterations must be 0 (default) or more.")
+        else:
+            errors += tomogram_problems(tomograms)[0]
+        errors += run_number_problems(self.iterations.get(), self.seed.get())
         return errors + self._validateGpus()
+
+    def _warnings(self) -> list[str]:
+        return self._tomogramWarnings([self.inputTomograms.get()])
 
     def _summary(self) -> list[str]:
         if not hasattr(self, OUTPUT_MODEL):

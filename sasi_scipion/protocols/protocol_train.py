@@ -11,12 +11,20 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
 from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
 from ..engine.coordinates import ParticleTable
+from ..engine.limits import radius_problem
 from ..engine.models import BACKBONES
+from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
-from .protocol_base import ProtSaSiModelBase, tomogram_path
+from .protocol_base import (
+    WINDOW,
+    ProtSaSiModelBase,
+    model_file_problem,
+    run_number_problems,
+    tomogram_path,
+    tomogram_problems,
+)
 
 SSL_CHOICES = ["auto", "iss", "pss", "none"]
-VOXEL_SIZE_TOLERANCE = 0.01
 
 
 def _clean_name(text: str) -> str:
@@ -171,9 +179,11 @@ class ProtSaSiTrain(ProtSaSiModelBase):
 
     def trainStep(self) -> None:
         out = self._getExtraPath("model.pt")
+        # --resume: a continued run (after a failure, a stop or a queue's time limit)
+        # goes on from the checkpoint the interrupted one left.
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
                 "--arch", list(BACKBONES)[self.arch.get()],
-                "--ssl", SSL_CHOICES[self.sslSchedule.get()]]
+                "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume"]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):
                 args += ["--tomogram", tomogram_path(tomo), "--coords", self._labelsPath(ts_id)]
@@ -204,6 +214,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         tomograms = self._tomograms()
         if tomograms is None or tomograms.getSize() == 0:
             return errors + ["No tomograms: give 'Tomograms' or coordinates picked on tomograms."]
+        errors += tomogram_problems(tomograms)[0]
         known = {t.getTsId() for t in tomograms.iterItems()}
         for s in sets:
             missing = coordinate_tsids(s) - known
@@ -228,18 +239,22 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         if len(radii) != len(plan):
             errors.append(f"'Particle radii' lists {len(radii)} value(s) for {len(plan)} "
                           "class(es): give one per class or a single value.")
-        elif any(r <= 0 for r in radii):
-            errors.append("Every particle radius must be positive: set 'Particle radii' or "
-                          "the coordinate sets' box size.")
+        else:
+            errors += [f"Particle radii: {problem}." for problem in
+                       (radius_problem(n, r, WINDOW) for n, r in zip(names, radii)) if problem]
         errors += self._validatePretrained(tomograms.getSamplingRate())
         errors += self._validateGpus()
-        if self.iterations.get() < 0:
-            errors.append("Iterations must be 0 (default) or more.")
+        errors += run_number_problems(self.iterations.get(), self.seed.get())
         return errors
 
     def _validatePretrained(self, sampling_rate: float) -> list[str]:
         model = self.pretrainedModel.get()
-        if model is None or not model.getVoxelSize():
+        if model is None:
+            return []
+        problem = model_file_problem(model.getPath())
+        if problem:
+            return [f"Pre-trained model: {problem}."]
+        if not model.getVoxelSize():
             return []
         if abs(model.getVoxelSize() - sampling_rate) > VOXEL_SIZE_TOLERANCE * sampling_rate:
             return [f"The pre-trained model was trained at {model.getVoxelSize():.2f} Å/px, "
@@ -249,7 +264,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         return []
 
     def _warnings(self) -> list[str]:
-        warnings = []
+        complete = self._sets() and all(s is not None for s in self._sets())
+        warnings = self._tomogramWarnings([self._tomograms()]) if complete else []
         for s in self._sets():
             if s is not None and abs(self._scale(s) - 1) > VOXEL_SIZE_TOLERANCE:
                 warnings.append(f"Coordinates of '{s.getObjLabel()}' are at "

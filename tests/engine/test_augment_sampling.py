@@ -11,11 +11,11 @@ import torch
 from sasi_scipion.engine.augment import (
     ExactTransform,
     center_crop,
-    context_size,
     random_exact_transform,
     rotate_about_z,
 )
 from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.limits import context_size
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.sampling import (
     SupervisedSampler,

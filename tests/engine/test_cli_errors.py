@@ -11,7 +11,11 @@ import torch
 
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.coordinates import ParticleTable, write_particles
+from sasi_scipion.engine.errors import ERROR_FILE_VARIABLE
+from sasi_scipion.engine.model_file import ModelMetadata, save_model
+from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import write_volume
+from sasi_scipion.engine.normalize import NORMALISATION
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
@@ -148,3 +152,21 @@ def test_unpaired_coordinates(small_tomogram: Path, small_labels: Path, tmp_path
 def test_bad_radius(small_tomogram: Path, small_labels: Path, tmp_path: Path, capsys) -> None:
     _fails(_train(small_tomogram, small_labels, tmp_path / "m.pt", "--radius", "a=-2"), capsys,
            "positive number of voxels")
+
+
+def test_failed_pick_keeps_the_previous_outputs_and_says_why_in_the_error_file(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    model = tmp_path / "m.pt"
+    save_model(model, build_backbone("deepfinder", 2), ModelMetadata(
+        arch="deepfinder", arch_params={}, classes=["a"], radii=[3.0], window=24,
+        voxel_size=10.0, normalisation=NORMALISATION, pretrained_only=False, iterations=1))
+    write_volume(tmp_path / "t5.mrc", np.random.default_rng(2).normal(size=(32, 40, 48)), 5.0)
+    (tmp_path / "p.tsv").write_text("x\ty\tz\tclass\n")
+    (tmp_path / "p.log.jsonl").write_text('{"tile": 1}\n')
+    monkeypatch.setenv(ERROR_FILE_VARIABLE, str(tmp_path / "why.error"))
+    line = _fails(["pick", "--model", str(model), "--tomogram", str(tmp_path / "t5.mrc"),
+                   "--out", str(tmp_path / "p.tsv"), "--device", "cpu"], capsys, "rescale")
+    assert (tmp_path / "why.error").read_text() == line.removeprefix("sasi: error: ") + "\n"
+    assert (tmp_path / "p.tsv").read_text() == "x\ty\tz\tclass\n"
+    assert (tmp_path / "p.log.jsonl").read_text() == '{"tile": 1}\n'
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]

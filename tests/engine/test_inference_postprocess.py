@@ -227,18 +227,34 @@ def test_touching_particles_are_split_and_fragments_merged(components) -> None:
     picks = extract_particles(_segmentation_of(labels), ["a", "b"], [5, 5],
                               components=components)
     assert len(picks) == 1
-    assert np.allclose(picks.xyz[0], [30, 30, 20], atol=0.5)
+    # components merge the halves' centroids; a peak sits in one half, its centre
+    # the centroid of what lies within half a radius of it
+    assert np.allclose(picks.xyz[0], [30, 30, 20], atol=0.5 if components != "peaks" else 2.5)
 
 
 def test_a_particle_split_between_two_classes_is_one_pick_of_the_majority_class() -> None:
     """Argmax components cut a particle whose voxels lean to two classes into two
-    picks; foreground components keep one, of the class with the larger summed
-    probability."""
+    picks; foreground components and peaks keep one, of the class with the larger
+    summed probability."""
     labels = _segmentation(ParticleTable([[30, 30, 20]], ["a"]), [6, 6]).labels
     labels[(labels > 0) & (np.arange(60)[None, None, :] >= 31)] = 2  # x >= 31 leans to b
     seg = _segmentation_of(labels)
     split = extract_particles(seg, ["a", "b"], [6, 6], components="argmax")
     assert sorted(split.classes) == ["a", "b"]
-    whole = extract_particles(seg, ["a", "b"], [6, 6], components="foreground")
-    assert list(whole.classes) == ["a"]
-    assert np.allclose(whole.xyz[0], [30, 30, 20], atol=0.5)
+    for components in ("foreground", "peaks"):
+        whole = extract_particles(seg, ["a", "b"], [6, 6], components=components)
+        assert list(whole.classes) == ["a"]
+        assert np.allclose(whole.xyz[0], [30, 30, 20], atol=0.5)
+
+
+def test_peaks_separate_a_row_of_touching_particles_of_two_sizes() -> None:
+    """Five touching spheres in one component: k-means is not needed, each centre is
+    found within a voxel, each with its own class."""
+    truth = ParticleTable([[10, 30, 20], [19, 30, 20], [28, 30, 20], [39, 30, 20],
+                           [50, 30, 20]], ["a", "a", "a", "b", "b"])
+    seg = _segmentation(truth, [4.5, 6])
+    picks = extract_particles(seg, ["a", "b"], [4.5, 6], components="peaks")
+    order = np.argsort(picks.xyz[:, 0])
+    assert len(picks) == 5
+    assert np.allclose(picks.xyz[order], truth.xyz, atol=1.0)
+    assert list(picks.classes[order]) == list(truth.classes)

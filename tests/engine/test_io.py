@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
 
-from sasi_scipion.engine.atomic import atomic_output
+from sasi_scipion.engine.atomic import atomic_output, remove_partials
 from sasi_scipion.engine.coordinates import (
     ParticleTable,
+    drop_duplicates,
     drop_outside,
     read_particles,
     write_particles,
 )
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.masks import sphere_label_volume
-from sasi_scipion.engine.mrc_io import read_volume, write_volume
+from sasi_scipion.engine.mrc_io import inspect_mrc, read_tomogram, read_volume, write_volume
 
 
 def test_volume_round_trip_keeps_axis_order_and_voxel_size(tmp_path: Path) -> None:
@@ -90,3 +93,43 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_text("partial")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        write_particles(tmp_path / "p.tsv", ParticleTable([[1, 2, 3]], ["a"]))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "p.tsv").stat().st_mode) == mode
+
+
+def test_partials_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".m.log.jsonl.0a1b2c3d.part.jsonl"
+    stale.write_text("{}")
+    (tmp_path / "other.part.jsonl").write_text("{}")
+    assert remove_partials(tmp_path / "m.log.jsonl") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.part.jsonl"]
+
+
+def test_duplicates_are_removed_with_a_warning(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    table = ParticleTable([[10, 12, 8], [10.2, 11.9, 8], [20, 30, 20], [10, 12, 8]],
+                          ["a", "a", "b", "a"])
+    kept = drop_duplicates(table, "labels.tsv")
+    assert len(kept) == 2 and list(kept.classes) == ["a", "b"]
+    assert "removed 2 duplicate particle(s)" in capsys.readouterr().err
+
+
+def test_unknown_voxel_size_is_an_explicit_warning(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_volume(tmp_path / "v.mrc", np.random.rand(24, 24, 24), None)
+    assert read_tomogram(tmp_path / "v.mrc", 24).voxel_size is None
+    assert "holds no voxel size" in capsys.readouterr().err
+
+
+def test_header_checks_need_no_data(tmp_path: Path) -> None:
+    write_volume(tmp_path / "v.mrc", np.random.rand(24, 30, 40), 7.5)
+    info = inspect_mrc(tmp_path / "v.mrc")
+    assert info.shape == (24, 30, 40) and info.voxel_size == pytest.approx(7.5)

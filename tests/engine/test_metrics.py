@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.cli import CZII_REPORT, main
+from sasi_scipion.engine.coordinates import ParticleTable, write_particles
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.metrics import (
+    CZII_WEIGHTS,
     Evaluation,
     Scores,
     dilate_occupancy,
+    evaluate_czii,
     evaluate_distance,
     evaluate_occupancy,
 )
+from sasi_scipion.engine.mrc_io import write_volume
 
 # Truth centres, voxels (x, y, z); each particle is a 3 x 3 x 3 cube around its centre.
 TRUTH_XYZ = [[4, 4, 4], [14, 8, 4], [4, 14, 14]]
@@ -287,3 +292,140 @@ def test_to_dict_and_table():
     assert pooled_row.split() == ["pooled", "2", "1", "1", "0.667", "0.667", "0.667"]
     a_row = next(line for line in table.splitlines() if line.startswith("a "))
     assert a_row.split() == ["a", "1", "0", "1", "1.000", "0.500", "0.667"]
+
+
+# --- CZII challenge metric (F-beta, beta 4, hit within half the radius) ---------------------
+
+# F4 = 17 p r / (16 p + r) = 17 TP / (17 TP + 16 FN + FP)
+F4_HALF_PRECISION = 17 * 0.5 * 1.0 / (16 * 0.5 + 1.0)  # p = 1/2, r = 1: 8.5 / 9
+
+
+def test_fbeta_by_hand():
+    s = Scores(tp=3, fp=2, fn=1)  # p = 0.6, r = 0.75
+    assert s.fbeta(4) == pytest.approx(17 * 0.6 * 0.75 / (16 * 0.6 + 0.75))
+    assert s.fbeta(4) == pytest.approx(51 / 69)
+    assert s.fbeta(1) == s.f1 == pytest.approx(2 / 3)
+    assert Scores(0, 3, 2).fbeta(4) == 0.0
+    assert Scores(1, 2, 3) + Scores(4, 5, 6) == Scores(5, 7, 9)
+
+
+@pytest.mark.parametrize(("offset", "tp"), [(4.9, 1), (5.0, 1), (5.1, 0)])
+def test_czii_hit_within_half_the_radius(offset, tp):
+    # radius 10: a pick at 0.49 r counts, at 0.51 r it is a false positive and a miss
+    truth = ParticleTable([[10, 10, 10]], ["a"])
+    picks = _picks([[10 + offset, 10, 10]], ["a"])
+    result = evaluate_czii(picks, truth, {"a": 10.0})
+    assert _counts(result.per_class["a"]) == (tp, 1 - tp, 1 - tp)
+    assert result.score == float(tp)
+    assert evaluate_distance(picks, truth, {"a": 10.0}).pooled.tp == 1  # the full radius
+
+
+def test_czii_wrong_class_is_a_false_positive_and_a_miss():
+    truth = ParticleTable([[0, 0, 0], [50, 0, 0]], ["a", "b"])
+    picks = _picks([[0, 0, 0], [50, 0, 0]], ["b", "b"])
+    result = evaluate_czii(picks, truth, {"a": 4.0, "b": 4.0})
+    assert _counts(result.per_class["a"]) == (0, 0, 1)
+    assert _counts(result.per_class["b"]) == (1, 1, 0)
+    assert result.per_class["b"].fbeta(4) == pytest.approx(F4_HALF_PRECISION)
+    assert result.weights == {"a": 1.0, "b": 1.0}
+    assert result.score == pytest.approx((0 + F4_HALF_PRECISION) / 2)
+
+
+def test_czii_weights_change_the_mean():
+    truth = ParticleTable([[0, 0, 0], [50, 0, 0]], ["a", "b"])
+    picks = _picks([[0, 0, 0], [50, 0, 0]], ["b", "b"])  # F4: a 0, b 8.5 / 9
+    radii = {"a": 4.0, "b": 4.0}
+    assert evaluate_czii(picks, truth, radii, weights={"a": 3.0}).score == pytest.approx(
+        (3 * 0 + 1 * F4_HALF_PRECISION) / 4)  # b keeps its default weight 1
+    assert evaluate_czii(picks, truth, radii, weights={"a": 1.0, "b": 3.0}).score == (
+        pytest.approx(3 * F4_HALF_PRECISION / 4))
+    unscored = evaluate_czii(picks, truth, radii, weights={"a": 0.0})
+    assert unscored.score == pytest.approx(F4_HALF_PRECISION)
+    assert _counts(unscored.per_class["a"]) == (0, 0, 1)  # reported, not scored
+    with pytest.raises(SasiInputError, match="negative weight"):
+        evaluate_czii(picks, truth, radii, weights={"a": -1.0})
+
+
+def test_czii_challenge_weights_for_its_classes():
+    truth = ParticleTable([[0, 0, 0], [100, 0, 0], [200, 0, 0]],
+                          ["ribosome", "thyroglobulin", "beta-amylase"])
+    picks = _picks([[0, 0, 0], [200, 0, 0]], ["ribosome", "beta-amylase"])
+    radii = {"ribosome": 15.0, "thyroglobulin": 13.0, "beta-amylase": 6.5}
+    result = evaluate_czii(picks, truth, radii)
+    assert result.weights == {name: CZII_WEIGHTS[name] for name in result.per_class}
+    assert result.weights == {"beta-amylase": 0.0, "ribosome": 1.0, "thyroglobulin": 2.0}
+    # F4: ribosome 1 (weight 1), thyroglobulin 0 (weight 2), beta-amylase 1 (not scored)
+    assert result.score == pytest.approx(1 / 3)
+
+
+def test_czii_counts_are_summed_over_tomograms():
+    # tomogram 1: TP 3, FP 2; tomogram 2: FN 1 -> p = 0.6, r = 0.75, F4 = 51 / 69
+    truth1 = ParticleTable([[0, 0, 0], [20, 0, 0], [40, 0, 0]], ["a"] * 3)
+    picks1 = _picks([[0.5, 0, 0], [20, 0.5, 0], [40, 0, 1], [60, 0, 0], [80, 0, 0]], ["a"] * 5)
+    truth2 = ParticleTable([[10, 10, 10]], ["a"])
+    result = evaluate_czii([picks1, ParticleTable.empty()], [truth1, truth2], {"a": 4.0})
+    assert _counts(result.per_class["a"]) == (3, 2, 1)
+    assert result.score == pytest.approx(51 / 69)  # not the mean of the tomograms' F4
+    with pytest.raises(ValueError, match="one of each per tomogram"):
+        evaluate_czii([picks1], [truth1, truth2], {"a": 4.0})
+
+
+def test_czii_each_true_particle_matches_once():
+    # both picks lie within 0.5 r = 2 of the one particle: one TP, one FP
+    truth = ParticleTable([[0, 0, 0]], ["a"])
+    result = evaluate_czii(_picks([[0.5, 0, 0], [1, 0, 0]], ["a", "a"]), truth, {"a": 4.0})
+    assert _counts(result.per_class["a"]) == (1, 1, 0)
+    assert result.score == pytest.approx(F4_HALF_PRECISION)
+
+
+def test_czii_needs_a_radius_per_truth_class():
+    truth = ParticleTable([[0, 0, 0], [10, 0, 0]], ["a", "b"])
+    with pytest.raises(SasiInputError, match="--radius CLASS=R"):
+        evaluate_czii(_picks([[0, 0, 0]], ["a"]), truth, {"a": 2.0})
+
+
+def test_czii_report_and_table():
+    truth = ParticleTable([[0, 0, 0], [50, 0, 0]], ["a", "b"])
+    result = evaluate_czii(_picks([[0, 0, 0], [50, 0, 0]], ["b", "b"]), truth,
+                           {"a": 4.0, "b": 4.0})
+    data = json.loads(json.dumps(result.to_dict()))
+    assert (data["rule"], data["beta"], data["radius_fraction"]) == ("czii-fbeta", 4.0, 0.5)
+    assert data["score"] == pytest.approx(F4_HALF_PRECISION / 2)
+    assert data["per_class"]["b"]["fbeta"] == pytest.approx(F4_HALF_PRECISION)
+    assert (data["per_class"]["b"]["tp"], data["per_class"]["b"]["weight"]) == (1, 1.0)
+    table = result.format_table()
+    b_row = next(line for line in table.splitlines() if line.startswith("b "))
+    assert b_row.split() == ["b", "1", "1", "0", "0.500", "1.000", "0.944", "1"]
+    assert table.splitlines()[-1] == "weighted F4: 0.472"
+
+
+def test_sasi_evaluate_adds_the_czii_block(tmp_path: Path, capsys):
+    truth, picks = tmp_path / "truth.tsv", tmp_path / "picks.tsv"
+    write_particles(truth, ParticleTable([[4, 4, 4], [14, 8, 4]], ["a", "b"]))
+    write_particles(picks, _picks([[4, 4, 4], [14, 8, 4]], ["b", "b"]))
+    radii = ["--radius", "a=4", "--radius", "b=4"]
+    assert main(["evaluate", "--picks", str(picks), "--truth", str(truth), *radii, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = evaluate_distance(_picks([[4, 4, 4], [14, 8, 4]], ["b", "b"]),
+                                 ParticleTable([[4, 4, 4], [14, 8, 4]], ["a", "b"]),
+                                 {"a": 4.0, "b": 4.0}).to_dict()
+    assert {k: printed[k] for k in ("rule", "pooled", "per_class")} == expected
+    assert printed[CZII_REPORT]["score"] == pytest.approx(F4_HALF_PRECISION / 2)
+    assert main(["evaluate", "--picks", str(picks), "--truth", str(truth), *radii,
+                 "--weight", "a=0"]) == 0
+    text = capsys.readouterr().out
+    assert "rule: distance" in text and text.rstrip().endswith("weighted F4: 0.944")
+    # the SHREC rule without radii: its report alone, as before
+    occupancy = tmp_path / "occupancy.mrc"
+    write_volume(occupancy, _occupancy().astype(np.int16), 10.0)
+    write_particles(truth, _truth())
+    assert main(["evaluate", "--picks", str(picks), "--truth", str(truth), "--occupancy",
+                 str(occupancy), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"rule", "pooled", "per_class"}
+    # with radii, the unscored classes get weight 0 in the CZII block
+    assert main(["evaluate", "--picks", str(picks), "--truth", str(truth), "--occupancy",
+                 str(occupancy), *radii, "--radius", "vesicle=4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[CZII_REPORT]["per_class"]["vesicle"][
+        "weight"] == 0.0
+    assert main(["evaluate", "--picks", str(picks), "--truth", str(truth), *radii,
+                 "--radius", "vesicle=4", "--weight", "a=-2"]) == 2

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional
 
+from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.coordinates import read_particles
 from sasi_scipion.engine.errors import SasiInputError
+from sasi_scipion.engine.metrics import dilate_occupancy
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
 from sasi_scipion.engine.simulate import (
+    DISTRACTOR_LABELS,
     image,
     load_templates,
     procedural_templates,
@@ -28,6 +33,7 @@ from sasi_scipion.engine.simulate import (
 
 SHREC_TEMPLATES = Path(__file__).resolve().parents[2].parent / "shared/templates/shrec21_10A"
 SHAPE = (32, 64, 64)
+DISTRACTOR_SHAPE = (48, 96, 96)  # room for gold beads (their box is 25 voxels at 10 Å)
 
 
 def test_dataset_files_and_truth_match_the_occupancy(tmp_path: Path) -> None:
@@ -46,6 +52,7 @@ def test_dataset_files_and_truth_match_the_occupancy(tmp_path: Path) -> None:
         # protein is darker than the solvent
         assert volume.data[occupancy > 0].mean() < volume.data[occupancy == 0].mean() - 0.2 * (
             volume.data.std())
+    assert dataset["distractors"] is False and not list(tmp_path.glob("*distractor*"))
 
 
 def test_seed_makes_it_reproducible(tmp_path: Path) -> None:
@@ -127,7 +134,8 @@ def test_engine_never_imports_pyworkflow() -> None:
 def test_crowded_balanced_and_clear_of_the_border() -> None:
     templates = procedural_templates(10.0)
     radii = {name: template_radius(t) for name, t in templates.items()}
-    _, truth, occupancy = simulate_tomogram((48, 96, 96), templates, np.random.default_rng(0), 0.5)
+    _, truth, occupancy, *_ = simulate_tomogram((48, 96, 96), templates, np.random.default_rng(0),
+                                                0.5)
     assert occupancy.dtype == np.int32 and 0.06 <= (occupancy > 0).mean() <= 0.13
     counts = [int(np.sum(truth.classes == c)) for c in truth.class_names]
     assert len(counts) == 3 and max(counts) - min(counts) <= 1
@@ -199,3 +207,89 @@ def test_real_maps_truth_matches_the_occupancy(tmp_path: Path) -> None:
     occupancy = read_volume(tmp_path / "out" / "tomo_000_occupancy.mrc", check_values=False).data
     x, y, z = np.rint(truth.xyz).astype(int).T
     np.testing.assert_array_equal(occupancy[z, y, x], np.arange(1, len(truth) + 1))
+
+
+# --- distractors ----------------------------------------------------------------------------
+
+
+def test_without_distractors_the_output_is_that_of_the_code_before_them() -> None:
+    # values computed with the simulator before distractors existed (seed 7, default SNR)
+    rng = np.random.default_rng(7)
+    volume, truth, occupancy, distractors, labels = simulate_tomogram(
+        SHAPE, procedural_templates(10.0), rng)
+    assert hashlib.sha256(occupancy.tobytes()).hexdigest() == (
+        "1e945a1b535c465a2c9e7e952e67032c04b735b13b18a1ec04fbe20c16df66be")
+    assert len(truth) == 8 and list(truth.classes[:5]) == ["disc", "globule", "rod", "disc",
+                                                           "globule"]
+    assert int(rng.integers(0, 2**62)) == 4306812424914278907  # the same random stream
+    assert float(volume.mean()) == pytest.approx(-0.004354596138000488, rel=1e-4)
+    assert float(volume.std()) == pytest.approx(0.04487127810716629, rel=1e-4)
+    voxels = [(0, 0, 0), (16, 32, 32), (5, 40, 20), (31, 63, 63), (10, 10, 50)]
+    expected = [0.022025439888238907, -0.06453533470630646, -0.03349734842777252,
+                -0.032165687531232834, -0.056694503873586655]
+    np.testing.assert_allclose([volume[v] for v in voxels], expected, rtol=1e-4, atol=1e-6)
+    assert len(distractors) == 0 and labels is None
+
+
+def test_distractors_leave_the_particles_alone() -> None:
+    templates = procedural_templates(10.0)
+    off = simulate_tomogram(DISTRACTOR_SHAPE, templates, np.random.default_rng(0))
+    on = simulate_tomogram(DISTRACTOR_SHAPE, templates, np.random.default_rng(0),
+                           distractors=True)
+    # placed after the particles: the same truth and occupancy, voxel for voxel
+    np.testing.assert_array_equal(on.truth.xyz, off.truth.xyz)
+    assert list(on.truth.classes) == list(off.truth.classes)
+    np.testing.assert_array_equal(on.occupancy, off.occupancy)
+    assert not np.array_equal(on.volume, off.volume)
+    # no distractor voxel in a particle's occupancy, nor where the SHREC rule's dilation reaches
+    assert on.distractor_labels.dtype == np.uint8
+    assert set(np.unique(on.distractor_labels)) == {0, 1, 2, 3}
+    assert not ((on.distractor_labels > 0) & dilate_occupancy(on.occupancy > 0)).any()
+    counts = {name: int(np.sum(on.distractors.classes == name)) for name in DISTRACTOR_LABELS}
+    assert counts["gold"] == 2 and counts["junk"] >= 10
+    assert 1 <= counts["membrane_vesicle"] <= 2 and counts["membrane"] <= 1
+    for (x, y, z), name in zip(np.rint(on.distractors.xyz).astype(int), on.distractors.classes):
+        if name in ("gold", "junk"):  # a compact distractor's centre carries its label
+            assert on.distractor_labels[z, y, x] == DISTRACTOR_LABELS[name]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gold_beads_are_the_darkest_objects(seed: int) -> None:
+    tomogram = simulate_tomogram(DISTRACTOR_SHAPE, procedural_templates(10.0),
+                                 np.random.default_rng(seed), distractors=True)
+    volume, labels = tomogram.volume, tomogram.distractor_labels
+
+    def local_mean(xyz: np.ndarray) -> float:  # 3 x 3 x 3 voxels about (x, y, z)
+        x, y, z = np.rint(xyz).astype(int)
+        return float(volume[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2].mean())
+
+    gold = tomogram.distractors.xyz[tomogram.distractors.classes == "gold"]
+    others = [*tomogram.truth.xyz,
+              *tomogram.distractors.xyz[tomogram.distractors.classes == "junk"]]
+    assert len(gold) == 2
+    # protein is dark after the CTF; gold, 8 times denser, darker still at its listed centre
+    assert max(local_mean(c) for c in gold) < min(local_mean(c) for c in others)
+    assert labels.flat[np.argmin(volume)] == DISTRACTOR_LABELS["gold"]
+
+
+def test_distractor_files(tmp_path: Path) -> None:
+    assert main(["simulate", str(tmp_path / "on"), "--tomograms", "1", "--shape", "48,96,96",
+                 "--distractors"]) == 0
+    simulate_dataset(tmp_path / "off", tomograms=1, shape_zyx=DISTRACTOR_SHAPE)
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert json.loads((on / "dataset.json").read_text())["distractors"] is True
+    assert (on / "tomo_000.tsv").read_text() == (off / "tomo_000.tsv").read_text()
+    occupancy = read_volume(on / "tomo_000_occupancy.mrc", check_values=False).data
+    np.testing.assert_array_equal(
+        occupancy, read_volume(off / "tomo_000_occupancy.mrc", check_values=False).data)
+    table = read_particles(on / "tomo_000_distractors.tsv")
+    assert (on / "tomo_000_distractors.tsv").read_text().startswith("x\ty\tz\tclass\n")
+    assert set(table.class_names) == {"gold", "junk", "membrane", "membrane_vesicle"}
+    with mrcfile.open(on / "tomo_000_distractor_mask.mrc") as mrc:
+        assert mrc.data.dtype == np.int16
+        mask = np.array(mrc.data)
+    assert set(np.unique(mask)) == {0, 1, 2, 3}
+    assert not occupancy[mask > 0].any()  # occupancy 0 on every distractor
+    for (x, y, z), name in zip(np.rint(table.xyz).astype(int), table.classes):
+        if name in ("gold", "junk"):
+            assert mask[z, y, x] == DISTRACTOR_LABELS[name]

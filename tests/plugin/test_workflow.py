@@ -155,7 +155,12 @@ def test_pick_validation(workflow) -> None:
     finally:
         model._voxelSize.set(10.0)
     pick.minScore.set(2.0)
-    assert "between 0 and 1" in " ".join(pick.validate())
+    pick.useModelCutoffs.set(False)
+    try:
+        assert "between 0 and 1" in " ".join(pick.validate())
+    finally:
+        pick.useModelCutoffs.set(True)
+        pick.minScore.set(0.0)
 
 
 def test_pretrain_validation(workflow) -> None:

@@ -1,0 +1,243 @@
+"""The engine's input rules in the protocols' ``_validate`` (``docs/errors.md``),
+on sets built in memory: no protocol runs, so these take seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from sasi_scipion.engine.model_file import ModelMetadata, save_model
+from sasi_scipion.engine.models import build_backbone
+from sasi_scipion.engine.mrc_io import write_volume
+from sasi_scipion.engine.normalize import NORMALISATION
+
+SHAPE = (32, 48, 48)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    """A project, tomogram files good and bad, model files good and bad."""
+    from pyworkflow.project import Manager
+
+    d = tmp_path_factory.mktemp("validation")
+    noise = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    for name in ("a", "b"):
+        write_volume(d / f"{name}.mrc", noise, 10.0)
+    write_volume(d / "unknown.mrc", noise, None)
+    write_volume(d / "tiny.mrc", noise[:10, :10, :10], 10.0)
+    with mrcfile.new(d / "complex.mrc") as mrc:
+        mrc.set_data((noise + 1j * noise).astype(np.complex64))
+        mrc.voxel_size = 10.0
+    with mrcfile.new(d / "noncubic.mrc") as mrc:
+        mrc.set_data(noise)
+        mrc.voxel_size = (10, 10, 12)
+    torch.manual_seed(0)
+    meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=["a", "b"], radii=[3.0, 3.0],
+                         window=24, voxel_size=10.0, normalisation=NORMALISATION,
+                         pretrained_only=False, iterations=1)
+    save_model(d / "model.pt", build_backbone("deepfinder", 3), meta)
+    save_model(d / "head.pt", build_backbone("deepfinder", 5), meta)
+    (d / "cut.pt").write_bytes((d / "model.pt").read_bytes()[:5000])
+    project = Manager().createProject("sasi_validation")
+    return project, d
+
+
+def _tomograms(folder: Path, files: list[tuple[str, str | None]], label: str):
+    """A SetOfTomograms of ``(file, tsId)`` (tsId ``None``: none)."""
+    from tomo.objects import SetOfTomograms, Tomogram
+
+    tomograms = SetOfTomograms(filename=str(folder / f"{label}.sqlite"))
+    tomograms.setSamplingRate(10.0)
+    for name, ts_id in files:
+        tomo = Tomogram()
+        tomo.setFileName(str(folder / name))
+        tomo.setSamplingRate(10.0)
+        if ts_id:
+            tomo.setTsId(ts_id)
+        tomograms.append(tomo)
+    tomograms.write()
+    return tomograms
+
+
+def _coordinates(folder: Path, tomograms, label: str):
+    from tomo import constants
+    from tomo.objects import Coordinate3D, SetOfCoordinates3D
+
+    coords = SetOfCoordinates3D(filename=str(folder / f"{label}.sqlite"))
+    coords.setPrecedents(tomograms)
+    coords.setSamplingRate(10.0)
+    coords.setBoxSize(6)
+    tomo = next(iter(tomograms.iterItems())).clone()
+    for x, y, z in [(10, 12, 8), (30, 20, 16), (20, 30, 20)]:
+        coord = Coordinate3D()
+        coord.setVolume(tomo)
+        coord.setPosition(x, y, z, constants.BOTTOM_LEFT_CORNER)
+        coord.setGroupId(1)
+        coords.append(coord)
+    coords.write()
+    return coords
+
+
+def _errors(protocol) -> str:
+    return " ".join(protocol.validate())
+
+
+TOMOGRAM_CASES = [
+    ("tsId twice", [("a.mrc", "t1"), ("b.mrc", "t1")], "share tsId t1"),
+    ("tsId missing", [("a.mrc", None)], "has no tsId"),
+    ("complex", [("complex.mrc", "t1")], "complex MRC data"),
+    ("10 x 10 x 10", [("tiny.mrc", "t1")], "smaller than the 24-voxel window"),
+    ("non-cubic voxel", [("noncubic.mrc", "t1")], "not cubic"),
+]
+
+
+@pytest.mark.parametrize("files, words", [(f, w) for _, f, w in TOMOGRAM_CASES],
+                         ids=[name for name, _, _ in TOMOGRAM_CASES])
+def test_pretrain_and_pick_refuse_bad_tomograms(env, files, words) -> None:
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick, ProtSaSiPretrain
+
+    project, d = env
+    tomograms = _tomograms(d, files, f"tomograms_{words[:8]}".replace(" ", "_"))
+    pretrain = project.newProtocol(ProtSaSiPretrain, useGpu=False)
+    pretrain.inputTomograms.set(tomograms)
+    assert words in _errors(pretrain)
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(tomograms)
+    model = SaSiModel(path=str(d / "model.pt"))
+    model.setFromMetadata({"classes": ["a", "b"], "radii": [3, 3], "voxel_size": 10.0,
+                           "window": 24, "arch": "deepfinder", "pretrained_only": False})
+    pick.inputModel.set(model)
+    assert words in _errors(pick)
+
+
+@pytest.mark.parametrize("iterations, seed, words", [
+    (10**12, 0, "at most 1000000"), (-3, 0, "0 (default) or more"),
+    (0, -1, "Random seed"), (0, 2**40, "Random seed")])
+def test_pretrain_numbers(env, iterations, seed, words) -> None:
+    from sasi_scipion.protocols import ProtSaSiPretrain
+
+    project, d = env
+    pretrain = project.newProtocol(ProtSaSiPretrain, useGpu=False, iterations=iterations,
+                                   seed=seed)
+    pretrain.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], f"numbers{iterations}{seed}"))
+    assert words in _errors(pretrain)
+
+
+def test_unknown_voxel_size_is_a_warning(env) -> None:
+    from sasi_scipion.protocols import ProtSaSiPretrain
+
+    project, d = env
+    pretrain = project.newProtocol(ProtSaSiPretrain, useGpu=False)
+    pretrain.inputTomograms.set(_tomograms(d, [("unknown.mrc", "t1")], "unknown"))
+    assert pretrain.validate() == []
+    assert "holds no voxel size" in " ".join(pretrain.warnings())
+
+
+@pytest.mark.parametrize("name, words", [("none.pt", "is missing"), ("cut.pt", "truncated"),
+                                         ("head.pt", "weights do not fit")])
+def test_pick_refuses_bad_model_files(env, name, words) -> None:
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], f"pick_{name}"))
+    model = SaSiModel(path=str(d / name))
+    model.setFromMetadata({"classes": ["a"], "radii": [3], "voxel_size": 10.0, "window": 24,
+                           "arch": "deepfinder", "pretrained_only": False})
+    pick.inputModel.set(model)
+    assert words in _errors(pick)
+    pick.inputModel.set(SaSiModel(path=str(d / "model.pt")))
+    pick.minScore.set(float("nan"))
+    assert "between 0 and 1" not in _errors(pick)  # not used: the model's cut-offs apply
+    pick.useModelCutoffs.set(False)
+    assert "between 0 and 1" in _errors(pick)
+
+
+@pytest.mark.parametrize("radii, words", [
+    ("inf", "not a positive number"), ("nan", "not a positive number"),
+    ("100", "does not fit the 24-voxel window"), ("1e9", "radius in voxels"),
+    ("0.5", "under 1 voxel"), ("20", "bin the tomograms and coordinates by 2")])
+def test_train_refuses_bad_radii(env, radii, words) -> None:
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.protocols import ProtSaSiTrain
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], f"train_{radii}")
+    train = project.newProtocol(ProtSaSiTrain, useGpu=False, radii=radii)
+    train.inputCoordinates.append(Pointer(_coordinates(d, tomograms, f"coords_{radii}")))
+    train.inputTomograms.set(tomograms)
+    assert words in _errors(train)
+
+
+def test_train_refuses_a_missing_pretrained_model_and_bad_numbers(env) -> None:
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiTrain
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], "train_pretrained")
+    train = project.newProtocol(ProtSaSiTrain, useGpu=False, radii="3")
+    train.inputCoordinates.append(Pointer(_coordinates(d, tomograms, "coords_pretrained")))
+    train.inputTomograms.set(tomograms)
+    assert train.validate() == []
+    train.pretrainedModel.set(SaSiModel(path=str(d / "gone.pt")))
+    assert "no such SaSi model file" in _errors(train)
+    train.pretrainedModel.set(None)
+    train.iterations.set(10**12)
+    train.seed.set(-1)
+    assert "at most 1000000" in _errors(train) and "Random seed" in _errors(train)
+
+
+def test_evaluate_refuses_a_nan_hit_radius(env) -> None:
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.protocols import ProtSaSiEvaluate
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], "evaluate")
+    evaluate = project.newProtocol(ProtSaSiEvaluate, hitRadius=float("nan"))
+    evaluate.inputCoordinates.set(_coordinates(d, tomograms, "picks"))
+    evaluate.referenceCoordinates.append(Pointer(_coordinates(d, tomograms, "truth")))
+    assert "hit radius" in _errors(evaluate)
+
+
+def test_each_command_reports_into_its_own_error_file(env) -> None:
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, _ = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    assert "SASI_ERROR_FILE=/logs/sasi-pick-t1_picks.tsv.error " in pick._program(
+        "/logs/sasi-pick-t1_picks.tsv.error")
+
+
+def test_a_failed_command_quotes_its_own_error_file(env, monkeypatch) -> None:
+    from pyworkflow.plugin import Domain
+
+    from sasi_scipion.protocols import ProtSaSiPretrain
+
+    project, d = env
+    monkeypatch.chdir(project.path)
+    folder = d / "broken"
+    folder.mkdir()
+    volume = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
+    volume[0, 0, 0] = np.nan
+    write_volume(folder / "broken.mrc", volume, 10.0)
+    importer = project.newProtocol(
+        Domain.importFromPlugin("tomo.protocols", "ProtImportTomograms"),
+        filesPath=str(folder), filesPattern="*.mrc", samplingRate=10.0)
+    project.launchProtocol(importer, wait=True)
+    pretrain = project.newProtocol(ProtSaSiPretrain, inputTomograms=importer.Tomograms,
+                                   iterations=2, useGpu=False)
+    project.launchProtocol(pretrain, wait=True)
+    assert pretrain.isFailed()
+    headline = pretrain.getErrorMessage().splitlines()[0]
+    assert "sasi pretrain failed: " in headline and "broken.mrc: holds NaN" in headline
+    assert Path(pretrain._getLogsPath("sasi-pretrain-pretrained.pt.error")).exists()
