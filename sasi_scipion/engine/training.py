@@ -212,8 +212,10 @@ class SaSiTrainer:
         crops = self.unlabelled.sample(self.settings.batch_size, self.rng)
         view1, view2 = (self._to_device(self.replica.shard(view))
                         for view in simclr_views(crops, self.settings.window, self.rng))
-        z1 = self.replica.gather(self.head(self.model.encode(view1)).float())
-        z2 = self.replica.gather(self.head(self.model.encode(view2)).float())
+        # the head sees the whole global batch in every process: its batch
+        # normalisation then uses the same statistics however the batch is sharded
+        z1 = self.head(self.replica.gather(self.model.encode(view1))).float()
+        z2 = self.head(self.replica.gather(self.model.encode(view2))).float()
         return nt_xent_loss(z1, z2, self.settings.temperature)
 
     def _supervised_loss(self) -> torch.Tensor:

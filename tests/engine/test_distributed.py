@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sasi_scipion.engine.cli import main
-from sasi_scipion.engine.model_file import read_model_file
+from sasi_scipion.engine.model_file import load_model, read_model_file
 
 ITERATIONS = 6
 """Step 1 is SimCLR (ISS, 10 %), steps 1 to 3 add consistency guidance, the rest are
@@ -52,10 +53,19 @@ def test_two_processes_learn_what_one_learns(runs) -> None:
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
     difference = np.concatenate([(weights_two[k] - v).abs().flatten().numpy()
                                  for k, v in weights_one.items()])
-    # Adam turns a rounding-level gradient near zero into a full step of either sign, so a
-    # few weights may differ by up to a learning rate; a real mismatch moves most of them.
-    assert np.mean(difference > 1e-5) < 0.01
-    assert np.quantile(difference, 0.99) < 1e-5
+    # Adam turns a rounding-level gradient near zero into a full step of either sign, so
+    # some weights differ by up to a learning rate: the SimCLR step's gradients reach
+    # the encoder through the projection head's batch standardisation, which makes
+    # rounding of the embedding visible. A real mismatch moves most weights, and the
+    # function the two nets compute.
+    assert np.mean(difference > 1e-5) < 0.15
+    assert np.quantile(difference, 0.99) < 1e-3  # one supervised learning rate
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 1, 24, 24, 24))
+                         .astype(np.float32))
+    with torch.no_grad():
+        probs = [torch.softmax(load_model(runs[n][1], torch.device("cpu"))[0](x), 1)
+                 for n in (1, 2)]
+    assert float((probs[0] - probs[1]).abs().max()) < 1e-3
 
 
 def test_only_rank_zero_writes_and_both_ranks_ran(runs) -> None:
@@ -65,8 +75,10 @@ def test_only_rank_zero_writes_and_both_ranks_ran(runs) -> None:
     assert sorted(p.name for p in out.parent.glob("m2*")) == ["m2.json", "m2.log.jsonl", "m2.pt"]
 
 
-def test_batch_must_split_over_the_processes(tmp_path, capsys) -> None:
-    status = main(["train", "--tomogram", "t.mrc", "--coords", "c.tsv", "--out",
+def test_batch_must_split_over_the_processes(runs, tmp_path, capsys) -> None:
+    folder = runs[1][1].parent
+    status = main(["train", "--tomogram", str(folder / "tomo.mrc"), "--coords",
+                   str(folder / "labels.tsv"), "--radius", "3", "--out",
                    str(tmp_path / "m.pt"), "--batch-size", "5", "--processes", "2",
                    "--device", "cpu"])
     assert status == 2
