@@ -22,6 +22,7 @@ class SaSiModel(EMObject):
         self._window = pwobj.Integer(24)
         self._arch = pwobj.String("deepfinder")
         self._pretrainedOnly = pwobj.Boolean(False)
+        self._sslCollapsedAt = pwobj.Integer()
 
     def getPath(self) -> str:
         """Path of the ``.pt`` model file."""
@@ -50,6 +51,17 @@ class SaSiModel(EMObject):
     def isPretrainedOnly(self) -> bool:
         return bool(self._pretrainedOnly.get())
 
+    def getSslCollapsedAt(self) -> int | None:
+        """The iteration at which SimCLR collapsed during training, or ``None``."""
+        return self._sslCollapsedAt.get()
+
+    def collapseWarning(self) -> list[str]:
+        """A summary line when SimCLR collapsed during this model's training."""
+        at = self.getSslCollapsedAt()
+        return [f"Warning: SimCLR collapsed at iteration {at} (its loss stayed at "
+                "ln(2B - 1)): self-supervision taught this model nothing; see the run's "
+                "log"] if at else []
+
     def setFromMetadata(self, card: dict) -> None:
         """Fill from the model file's JSON side-car (``M.json`` beside ``M.pt``)."""
         self._classNames.set(json.dumps(card["classes"]))
@@ -58,6 +70,7 @@ class SaSiModel(EMObject):
         self._window.set(card["window"])
         self._arch.set(card["arch"])
         self._pretrainedOnly.set(card["pretrained_only"])
+        self._sslCollapsedAt.set(card.get("settings", {}).get("ssl_collapsed_at"))
 
     def __str__(self) -> str:
         if self.isPretrainedOnly():

@@ -74,7 +74,8 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
             return ["Pre-training not finished yet."]
         model = getattr(self, OUTPUT_MODEL)
         return [f"Pre-trained {model.getArch()} on {self.inputTomograms.get().getSize()} "
-                f"tomogram(s) at {model.getVoxelSize():.2f} Å/px: {model.getPath()}"]
+                f"tomogram(s) at {model.getVoxelSize():.2f} Å/px: {model.getPath()}",
+                *model.collapseWarning()]
 
     def _methods(self) -> list[str]:
         return [f"A {list(BACKBONES)[self.arch.get()]} network was pre-trained with SimCLR on "

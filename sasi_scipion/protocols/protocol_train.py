@@ -284,6 +284,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             model = getattr(self, OUTPUT_MODEL)
             lines.append(f"Trained {model.getArch()} at {model.getVoxelSize():.2f} Å/px: "
                          f"{model.getPath()}")
+            lines += model.collapseWarning()
         else:
             lines.append("Training not finished yet.")
         return lines

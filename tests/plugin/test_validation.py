@@ -241,3 +241,17 @@ def test_a_failed_command_quotes_its_own_error_file(env, monkeypatch) -> None:
     headline = pretrain.getErrorMessage().splitlines()[0]
     assert "sasi pretrain failed: " in headline and "broken.mrc: holds NaN" in headline
     assert Path(pretrain._getLogsPath("sasi-pretrain-pretrained.pt.error")).exists()
+
+
+def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
+    from sasi_scipion.objects import SaSiModel
+
+    card = {"classes": ["a"], "radii": [3], "voxel_size": 10.0, "window": 24,
+            "arch": "deepfinder", "pretrained_only": False}
+    healthy = SaSiModel(path="m.pt")
+    healthy.setFromMetadata({**card, "settings": {"ssl_collapsed_at": None}})
+    assert healthy.collapseWarning() == []
+    collapsed = SaSiModel(path="m.pt")
+    collapsed.setFromMetadata({**card, "settings": {"ssl_collapsed_at": 27}})
+    assert collapsed.getSslCollapsedAt() == 27
+    assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
