@@ -60,6 +60,7 @@ from sasi_scipion.engine.postprocess import (
     COMPONENT_MODES,
     FOREGROUND_THRESHOLD,
     extract_particles,
+    smooth_gaussian,
 )
 from sasi_scipion.engine.thresholds import score_cutoffs
 
@@ -97,19 +98,7 @@ def _sasi(*args: str) -> None:
 
 def blob_picks(volume: np.ndarray, radius: float) -> ParticleTable:
     """Dark blobs: local minima of a Gaussian-smoothed volume below mean - 2 sd."""
-    sigma = max(radius / 2, 1.0)
-    half = int(3 * sigma)
-    axis = torch.arange(-half, half + 1, dtype=torch.float32)
-    kernel = torch.exp(-(axis**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    x = torch.from_numpy(normalise(volume))[None, None]
-    for dim in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + dim] = len(axis)
-        padding = [0, 0, 0]
-        padding[dim] = half
-        x = functional.conv3d(x, kernel.reshape(shape), padding=padding)
-    smooth = -x[0, 0]
+    smooth = -smooth_gaussian(normalise(volume), max(radius / 2, 1.0))
     size = int(2 * radius) | 1
     peaks = smooth == functional.max_pool3d(smooth[None, None], size, 1, size // 2)[0, 0]
     peaks &= smooth > smooth.mean() + 2 * smooth.std()

@@ -25,7 +25,7 @@ from .atomic import atomic_output, check_outputs
 from .coordinates import read_particles, write_particles
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .inference import PRECISIONS
-from .limits import finite_problem
+from .limits import finite_problem, split_class_value
 from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
@@ -64,11 +64,7 @@ def _weights(specs: Sequence[str]) -> dict[str, float]:
     """Parse ``CLASS=W`` class weights (``--weight``) of the CZII block."""
     weights: dict[str, float] = {}
     for spec in specs:
-        name, _, value = spec.rpartition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = float("nan")
+        name, weight = split_class_value(spec)
         if not name or not weight >= 0:
             raise SasiInputError(
                 f"--weight {spec}: expected CLASS=W with W a number >= 0 (0: not scored)")

@@ -74,3 +74,13 @@ def finite_problem(option: str, value: float, low: float, high: float = math.inf
     bounds = f"{'above' if low_open else 'at least'} {low:g}" + (
         f" and at most {high:g}" if math.isfinite(high) else "")
     return f"{option} {value:g}: give a finite number {bounds}"
+
+
+def split_class_value(spec: str) -> tuple[str, float]:
+    """``CLASS=V`` (or a bare ``V``) as ``(CLASS or "", V)``; V is NaN when it is not
+    a number, so the caller's range check refuses it with its own message."""
+    name, _, value = spec.rpartition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        return name, math.nan

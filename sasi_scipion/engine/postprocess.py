@@ -220,9 +220,8 @@ def _foreground_particles(segmentation: Segmentation, radii: Sequence[float],
     radius_array = np.asarray(radii, dtype=np.float64)
     groups = _merge_fragments(components.centroids, components.sizes.astype(float),
                               radius_array[component_class])[components.ids - 1]
-    group_class = dict(zip(np.unique(groups).tolist(),
-                           decide(np.unique(groups, return_inverse=True)[1],
-                                  len(np.unique(groups))).tolist()))
+    names, owner = np.unique(groups, return_inverse=True)
+    group_class = dict(zip(names.tolist(), decide(owner, len(names)).tolist()))
     radius_of = {group: float(radius_array[c]) for group, c in group_class.items()}
     return [(group_class[group], centre, score) for group, centre, score in _particles_of_groups(
         components.coords, foreground, groups, radius_of, min_size_fraction)]

@@ -17,7 +17,7 @@ from .coordinates import (
     read_particles,
 )
 from .errors import SasiInputError
-from .limits import radius_problem
+from .limits import radius_problem, split_class_value
 from .masks import sphere_label_volume
 from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
@@ -50,11 +50,7 @@ def parse_radii(specs: Sequence[str]) -> dict[str, float]:
     """Parse ``CLASS=R`` (or a bare ``R`` for every class) radius options, in voxels."""
     radii: dict[str, float] = {}
     for spec in specs:
-        name, _, value = spec.rpartition("=")
-        try:
-            radius = float(value)
-        except ValueError:
-            radius = float("nan")
+        name, radius = split_class_value(spec)
         if not (math.isfinite(radius) and radius > 0):
             raise SasiInputError(
                 f"--radius {spec}: expected CLASS=R or R with R a finite, positive number "

@@ -13,7 +13,6 @@ from tomo import constants as tomo_const
 
 from sasi_scipion.convert import coordinate_table, tomograms_by_tsid
 from sasi_scipion.engine.coordinates import read_particles
-from sasi_scipion.engine.mrc_io import write_volume
 
 F1_BAR = 0.4
 """Pooled F1 (distance rule, half-box hit radius) the picks must beat; picking at
@@ -177,28 +176,6 @@ def test_evaluate_validation(workflow) -> None:
 
     _, evaluate = _new(workflow, ProtSaSiEvaluate)
     assert "Choose the picks" in " ".join(evaluate.validate())
-
-
-def test_a_failing_protocol_says_why(workflow, tmp_path) -> None:
-    from pyworkflow.plugin import Domain
-
-    from sasi_scipion.protocols import ProtSaSiPretrain
-
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    volume = np.zeros((32, 32, 32), np.float32)
-    volume[0, 0, 0] = np.nan
-    write_volume(folder / "broken.mrc", volume, 10.0)
-    project, importer = _new(workflow, Domain.importFromPlugin("tomo.protocols",
-                                                               "ProtImportTomograms"),
-                             filesPath=str(folder), filesPattern="*.mrc", samplingRate=10.0)
-    project.launchProtocol(importer, wait=True)
-    pretrain = project.newProtocol(ProtSaSiPretrain, inputTomograms=importer.Tomograms,
-                                   iterations=2, useGpu=False)
-    project.launchProtocol(pretrain, wait=True)
-    assert pretrain.isFailed()
-    message = pretrain.getErrorMessage()
-    assert "sasi pretrain failed" in message and "NaN" in message
 
 
 def test_viewers_draw_pngs(workflow, tmp_path) -> None:
