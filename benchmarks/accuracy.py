@@ -70,14 +70,17 @@ SIZE_GROUPS = {"small": ["1S3X", "3QM1", "3GL1", "3H84", "2CG9"],
                "large": ["4CR2", "5MRC"]}
 PROFILES = {
     "quick": {"classes": ["1S3X", "1U6G", "4CR2", "4V94"], "shape": "64,160,160",
-              "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 150, "snr": 0.2},
+              "test_tomograms": 2, "labels": [5], "seeds": [0], "iterations": 150, "snr": 0.2,
+              "distractors": False},
     "medium": {"classes": None, "shape": "64,192,192", "test_tomograms": 2,
-               "labels": [3, 5, 10], "seeds": [0, 1, 2, 3, 4], "iterations": 150, "snr": 0.2},
+               "labels": [3, 5, 10], "seeds": [0, 1, 2, 3, 4], "iterations": 150, "snr": 0.2,
+               "distractors": True},
     "medium-lowsnr": {"classes": None, "shape": "64,192,192", "test_tomograms": 2,
                       "labels": [3, 5, 10], "seeds": [0, 1, 2, 3, 4], "iterations": 150,
-                      "snr": 0.05},
+                      "snr": 0.05, "distractors": True},
     "full": {"classes": None, "shape": "96,256,256", "test_tomograms": 2, "labels": [3, 5, 10],
-             "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1},
+             "seeds": [0, 1, 2], "iterations": 600, "snr": 0.1,
+             "distractors": True},
 }
 TRAINING_TOMOGRAM = "tomo_000"
 ROWS = {
@@ -106,6 +109,13 @@ def blob_picks(volume: np.ndarray, radius: float) -> ParticleTable:
     return ParticleTable(zyx[:, ::-1], np.array(["blob"] * len(zyx), dtype=object))
 
 
+def picks_inside(picks: ParticleTable, mask: np.ndarray) -> int:
+    """How many picks (x, y, z voxels) round to a non-zero voxel of ``mask`` (z, y, x)."""
+    zyx = np.rint(picks.xyz[:, ::-1]).astype(np.int64)
+    inside = ((zyx >= 0) & (zyx < mask.shape)).all(axis=1)
+    return int(np.count_nonzero(mask[tuple(zyx[inside].T)]))
+
+
 def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: list[str],
            unscored: list[str], radii: dict[str, float] | None = None) -> dict:
     """SHREC 2021 occupancy-rule scores over the test tomograms ``names`` (pooled,
@@ -113,12 +123,17 @@ def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: l
     (class -> voxels) is given (unscored classes weighted 0)."""
     pooled, per_class = Scores(), {}
     truths = []
+    on_distractors = 0
     for name in names:
         truth = read_particles(data / f"{name}.tsv")
         truths.append(truth)
         occupancy = read_volume(data / f"{name}_occupancy.mrc", check_values=False).data
-        result = evaluate_occupancy(picks[name] if isinstance(picks, dict) else picks, truth,
-                                    occupancy.astype(np.int64), unscored=unscored)
+        table = picks[name] if isinstance(picks, dict) else picks
+        result = evaluate_occupancy(table, truth, occupancy.astype(np.int64), unscored=unscored)
+        distractor_mask = data / f"{name}_distractor_mask.mrc"
+        if distractor_mask.exists():
+            on_distractors += picks_inside(table, read_volume(distractor_mask,
+                                                              check_values=False).data)
         for total, part in [(pooled, result.pooled)] + [
                 (per_class.setdefault(c, Scores()), s) for c, s in result.per_class.items()]:
             total.tp, total.fp, total.fn = (total.tp + part.tp, total.fp + part.fp,
@@ -136,6 +151,8 @@ def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: l
     scores = {"pooled_f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
               "recall": round(pooled.recall, 3), "class_aware_f1": round(class_aware.f1, 3),
               "size_groups": groups}
+    if any((data / f"{name}_distractor_mask.mrc").exists() for name in names):
+        scores["picks_on_distractors"] = on_distractors
     if radii is not None:
         czii = evaluate_czii([picks[name] for name in names], truths, radii,
                              weights=dict.fromkeys(unscored, 0.0))
@@ -266,7 +283,7 @@ def main() -> None:
     start = time.perf_counter()
     _sasi("simulate", str(data), "--tomograms", str(1 + profile["test_tomograms"]),
           "--shape", profile["shape"], "--seed", "0", "--templates", str(maps),
-          "--snr", str(profile["snr"]))
+          "--snr", str(profile["snr"]), *(["--distractors"] if profile["distractors"] else []))
     dataset = json.loads((data / "dataset.json").read_text())
     tests = dataset["tomograms"][1:]
     radii = dataset["radii"]
