@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from template_matching import match_particles
 from torch.nn import functional
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
@@ -62,6 +63,7 @@ from sasi_scipion.engine.postprocess import (
     extract_particles,
     smooth_gaussian,
 )
+from sasi_scipion.engine.simulate import load_templates
 from sasi_scipion.engine.thresholds import score_cutoffs
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates" / "shrec21_10A"
@@ -240,7 +242,7 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", choices=PROFILES, default="quick")
-    parser.add_argument("--rows", nargs="+", default=["blob", *ROWS])
+    parser.add_argument("--rows", nargs="+", default=["blob", "tm", *ROWS])
     parser.add_argument("--seeds", nargs="+", type=int,
                         help="override the profile's seeds")
     parser.add_argument("--pick-modes", nargs="+", default=["tiled"],
@@ -299,8 +301,26 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
     learned = [r for r in args.rows if r in ROWS]
-    expected = ("blob" in args.rows) + len(learned) * len(profile["labels"]) * len(
-        profile["seeds"]) * len(args.pick_modes)
+    expected = ("blob" in args.rows) + ("tm" in args.rows) + len(learned) * len(
+        profile["labels"]) * len(profile["seeds"]) * len(args.pick_modes)
+    if "tm" in args.rows:
+        templates = {name: template for name, template in
+                     load_templates(maps, dataset["voxel_size"]).items()
+                     if name not in dataset["unscored"]}
+        picks = {}
+        for name in tests:
+            cached = work / f"tm_{name}.tsv"
+            if not cached.exists():
+                truth = read_particles(data / f"{name}.tsv")
+                counts = {c: int(np.count_nonzero(truth.classes == c)) for c in templates}
+                write_particles(cached, match_particles(
+                    read_volume(data / f"{name}.mrc").data, templates, radii, counts,
+                    dataset["voxel_size"]))
+            picks[name] = read_particles(cached, allow_empty=True)
+        results.append({"row": "tm", "labels": None, "seed": None,
+                        **_score(picks, data, tests, dataset["unscored"], radii)})
+        print(results[-1], file=sys.stderr)
+        save()
     if "blob" in args.rows:
         radius = float(np.median(list(radii.values())))
         picks = {name: blob_picks(read_volume(data / f"{name}.mrc").data, radius)

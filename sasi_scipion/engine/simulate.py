@@ -548,6 +548,21 @@ def _filtered(volume: torch.Tensor, *filters: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfftn(spectrum, s=volume.shape)
 
 
+def imaging_transfer(shape_zyx: tuple[int, int, int], voxel_size: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The simulator's CTF (with its B-factor envelope, sign inverting the contrast) and
+    missing-wedge mask for an ``rfftn`` of a ``(z, y, x)`` box of ``voxel_size`` Å, each
+    shaped to multiply that spectrum (see the module docstring for the parameters)."""
+    kz, ky, kx = _frequencies(shape_zyx, voxel_size)
+    k2 = kz**2 + ky**2 + kx**2
+    wavelength = _electron_wavelength(VOLTAGE_KV)
+    phase = math.pi * wavelength * DEFOCUS_A * k2
+    ctf = -(math.sqrt(1 - AMPLITUDE_CONTRAST**2) * torch.sin(phase)
+            + AMPLITUDE_CONTRAST * torch.cos(phase)) * torch.exp(-B_FACTOR_A2 * k2 / 4)
+    wedge = (kz.abs() <= math.tan(math.radians(TILT_RANGE_DEG)) * kx.abs()).float()
+    return ctf, wedge.expand(kz.shape[0], ky.shape[1], kx.shape[2])
+
+
 def image(density: np.ndarray, voxel_size: float, snr: float | None,
           rng: np.random.Generator, distractors: np.ndarray | None = None) -> np.ndarray:
     """CTF, noise and missing wedge applied to a clean density (see the module docstring).
@@ -564,15 +579,7 @@ def image(density: np.ndarray, voxel_size: float, snr: float | None,
         ``float32`` ``(z, y, x)``, protein darker than the solvent.
     """
     shape = density.shape
-    kz, ky, kx = _frequencies(shape, voxel_size)
-    k2 = kz**2 + ky**2 + kx**2
-    wavelength = _electron_wavelength(VOLTAGE_KV)
-    phase = math.pi * wavelength * DEFOCUS_A * k2
-    ctf = -(math.sqrt(1 - AMPLITUDE_CONTRAST**2) * torch.sin(phase)
-            + AMPLITUDE_CONTRAST * torch.cos(phase)) * torch.exp(-B_FACTOR_A2 * k2 / 4)
-    del k2, phase
-    wedge = (kz.abs() <= math.tan(math.radians(TILT_RANGE_DEG)) * kx.abs()).float()
-    wedge = wedge.expand(kz.shape[0], ky.shape[1], kx.shape[2])
+    ctf, wedge = imaging_transfer(shape, voxel_size)
     signal = _filtered(torch.from_numpy(density), ctf, wedge)
     signal_variance = float(signal.var())
     if distractors is not None:
