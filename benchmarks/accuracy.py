@@ -11,6 +11,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
 - ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
 - ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
 - ``sasi``: everything (the engine's defaults);
+- ``sasi+background``: the same, with N background points per distractor kind added
+  to the labels (voxels of gold, membranes and vesicles, junk: class ``background``);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
@@ -53,6 +55,7 @@ from torch.nn import functional
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
+from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.metrics import Scores, evaluate_czii, evaluate_occupancy
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
@@ -85,12 +88,16 @@ PROFILES = {
              "distractors": True},
 }
 TRAINING_TOMOGRAM = "tomo_000"
+BACKGROUND_ROWS = {"sasi+background"}
+"""Rows whose labels also hold N background points per distractor kind (gold, membrane
+or vesicle, junk) of the training tomogram, as a user would click a few of each."""
 ROWS = {
     "plain": ["--ssl", "none", "--no-infill", "--no-consistency"],
     "+infill": ["--ssl", "none", "--no-consistency"],
     "+consistency": ["--ssl", "none", "--no-infill"],
     "+iss": ["--ssl", "iss", "--no-infill", "--no-consistency"],
     "sasi": [],
+    "sasi+background": [],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],
 }
@@ -109,6 +116,23 @@ def blob_picks(volume: np.ndarray, radius: float) -> ParticleTable:
     peaks &= smooth > smooth.mean() + 2 * smooth.std()
     zyx = peaks.nonzero().numpy().astype(float)
     return ParticleTable(zyx[:, ::-1], np.array(["blob"] * len(zyx), dtype=object))
+
+
+def with_background_points(labels: ParticleTable, distractor_mask: Path, per_kind: int,
+                           seed: int) -> ParticleTable:
+    """``labels`` plus ``per_kind`` voxels of each distractor kind of the simulator's
+    distractor label map (gold, membrane or vesicle, junk; on the density, as a user
+    would click them: a vesicle's centre is empty), all of class ``BACKGROUND_CLASS``."""
+    mask = read_volume(distractor_mask, check_values=False).data
+    rng = np.random.default_rng(seed)
+    points = []
+    for kind in np.unique(mask[mask > 0]):
+        zyx = np.argwhere(mask == kind)
+        points.append(zyx[rng.choice(len(zyx), size=min(per_kind, len(zyx)), replace=False)])
+    xyz = np.concatenate(points)[:, ::-1].astype(np.float64)
+    return ParticleTable(np.concatenate([labels.xyz, xyz]),
+                         np.concatenate([labels.classes,
+                                         np.full(len(xyz), BACKGROUND_CLASS, dtype=object)]))
 
 
 def picks_inside(picks: ParticleTable, mask: np.ndarray) -> int:
@@ -337,6 +361,11 @@ def main() -> None:
             labels = work / f"labels_{n}_{seed}.tsv"
             write_particles(labels, few_labels(truth, n, seed))
             for row in learned:
+                if row in BACKGROUND_ROWS:
+                    labels = work / f"labels_{n}_{seed}_background.tsv"
+                    write_particles(labels, with_background_points(
+                        read_particles(work / f"labels_{n}_{seed}.tsv"),
+                        data / f"{TRAINING_TOMOGRAM}_distractor_mask.mrc", n, seed))
                 model = work / f"{row}_{n}_{seed}.pt"
                 began = time.perf_counter()
                 _sasi("train", "--tomogram", str(data / f"{TRAINING_TOMOGRAM}.mrc"),

@@ -25,7 +25,7 @@ from .atomic import atomic_output, check_outputs
 from .coordinates import read_particles, write_particles
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .inference import PRECISIONS
-from .limits import finite_problem, split_class_value
+from .limits import BACKGROUND_CLASS, finite_problem, split_class_value
 from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tomogram", action="append", default=[], required=True,
                        help="labelled tomogram (repeat; pairs with --coords in order)")
     train.add_argument("--coords", action="append", default=[], required=True,
-                       help="its coordinate file (.tsv: x y z class, voxels)")
+                       help="its coordinate file (.tsv: x y z class, voxels); points of class "
+                            f"'{BACKGROUND_CLASS}' are not particles (gold, membrane, junk): "
+                            "training shows their windows as background")
     train.add_argument("--unlabelled", action="append", default=[],
                        help="extra unlabelled tomogram for self-supervision (repeat)")
     train.add_argument("--radius", action="append", default=[],

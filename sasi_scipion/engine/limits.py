@@ -13,6 +13,9 @@ MIN_RADIUS = 1.0
 """Smallest particle radius, voxels: a smaller particle has no inside to segment."""
 MAX_BINNING = 8
 """A radius that needs more binning than this to fit is taken for a unit mistake."""
+BACKGROUND_CLASS = "background"
+"""Class name of labelled points that are not particles (gold, membrane, junk, empty
+ice): training shows the network windows around them as background."""
 
 
 def context_size(window: int) -> int:

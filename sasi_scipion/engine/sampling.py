@@ -35,10 +35,11 @@ def crop_padded(volume: np.ndarray, centre_zyx: Sequence[int], size: int) -> np.
 class SupervisedSampler:
     """Class-balanced windows around labelled particles (method card item 2).
 
-    Each sample draws a class uniformly, then one labelled particle of that
-    class; the window centre is shifted uniformly within ±50 % of W; a
-    ``context_size(W)`` crop is rotated about z by a uniform angle and cropped
-    back to W (no fill values); then flipped at random along each axis. The
+    Each sample draws a class uniformly (background points, when given, count as one
+    more class), then one labelled point of that class; the window centre is
+    shifted uniformly within ±50 % of W; a ``context_size(W)`` crop is rotated
+    about z by a uniform angle and cropped back to W (no fill values); then
+    flipped at random along each axis. The
     label map goes through the same shift, rotation (nearest) and flips.
 
     Args:
@@ -47,11 +48,14 @@ class SupervisedSampler:
         particles: labelled centres per tomogram, voxels ``(x, y, z)``.
         class_names: the K classes; labels ``i + 1`` belong to ``class_names[i]``.
         window: window edge W in voxels.
+        negatives: labelled points that are not particles, per tomogram, voxels
+            ``(x, y, z)`` (their windows keep the label map's values: background
+            unless a labelled particle reaches into them); ``None`` or empty: none.
     """
 
     def __init__(self, volumes: Sequence[np.ndarray], label_maps: Sequence[np.ndarray],
                  particles: Sequence[ParticleTable], class_names: Sequence[str],
-                 window: int = 24) -> None:
+                 window: int = 24, negatives: Sequence[ParticleTable] | None = None) -> None:
         self.volumes = list(volumes)
         self.label_maps = list(label_maps)
         self.window = window
@@ -66,6 +70,10 @@ class SupervisedSampler:
             if not entries:
                 raise ValueError(f"class {name!r} has no labelled particle")
             self.centres.append(entries)
+        background = [(t, np.rint(xyz[::-1]).astype(int))
+                      for t, table in enumerate(negatives or []) for xyz in table.xyz]
+        if background:
+            self.centres.append(background)
 
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch`` windows: ``x`` ``(B, 1, W, W, W)`` float32, ``y`` ``(B, W, W, W)`` int64."""

@@ -243,6 +243,7 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
             pretrained_only=False, iterations=settings.iterations,
             settings={**vars(settings), "pretrained": args.pretrained,
                       "labels": sum(len(t) for t in data.particles),
+                      "background_points": sum(len(t) for t in data.negatives or []),
                       "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history)},
             loss_history=history, score_cutoffs=cutoffs)

@@ -185,7 +185,7 @@ class SaSiTrainer:
         window = settings.window
         self.supervised = (
             SupervisedSampler(data.volumes, data.label_maps, data.particles, data.class_names,
-                              window=window)
+                              window=window, negatives=data.negatives)
             if data is not None else None
         )
         self.unlabelled = UnlabelledSampler(unlabelled, window=window, stride=window // 2)

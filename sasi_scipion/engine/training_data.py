@@ -17,7 +17,7 @@ from .coordinates import (
     read_particles,
 )
 from .errors import SasiInputError
-from .limits import radius_problem, split_class_value
+from .limits import BACKGROUND_CLASS, radius_problem, split_class_value
 from .masks import sphere_label_volume
 from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
@@ -36,6 +36,8 @@ class TrainingData:
         class_names: the K classes, sorted.
         radii: sphere radius per class, voxels.
         voxel_size: Å per voxel shared by all tomograms, or ``None`` when unknown.
+        negatives: labelled points that are not particles (class ``BACKGROUND_CLASS``)
+            per tomogram, voxels ``(x, y, z)``; empty tables when none.
     """
 
     volumes: list[np.ndarray]
@@ -44,6 +46,7 @@ class TrainingData:
     class_names: list[str]
     radii: list[float]
     voxel_size: float | None
+    negatives: list[ParticleTable] | None = None
 
 
 def parse_radii(specs: Sequence[str]) -> dict[str, float]:
@@ -127,12 +130,14 @@ class LabelPlan:
         class_names: the K classes, sorted.
         radii: sphere radius per class, voxels.
         voxel_size: Å per voxel shared by all tomograms, or ``None`` when unknown.
+        negatives: points of class ``BACKGROUND_CLASS`` per tomogram, inside it.
     """
 
     particles: list[ParticleTable]
     class_names: list[str]
     radii: list[float]
     voxel_size: float | None
+    negatives: list[ParticleTable]
 
 
 def plan_labels(
@@ -155,8 +160,20 @@ def plan_labels(
             "coordinate file per tomogram, in the same order"
         )
     radii = parse_radii(radius_specs)
+    if BACKGROUND_CLASS in radii:
+        raise SasiInputError(
+            f"--radius {BACKGROUND_CLASS}={radii[BACKGROUND_CLASS]:g}: points of class "
+            f"{BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
+        )
     infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    read = [drop_duplicates(read_particles(path), path) for path in coords_paths]
+    both = [drop_duplicates(read_particles(path), path) for path in coords_paths]
+    negatives = [table.subset(table.classes == BACKGROUND_CLASS) for table in both]
+    read = [table.subset(table.classes != BACKGROUND_CLASS) for table in both]
+    if not any(len(table) for table in read):
+        raise SasiInputError(
+            f"the coordinate files hold only {BACKGROUND_CLASS!r} points; label at least "
+            "one particle of each class to learn"
+        )
     labelled = sorted({name for table in read for name in table.class_names})
     unused = [name for name in radii if name != ANY_CLASS and name not in labelled]
     if unused:
@@ -185,6 +202,8 @@ def plan_labels(
         class_names=class_names,
         radii=class_radii(class_names, radii, window),
         voxel_size=common_voxel_size([info.voxel_size for info in infos], list(tomogram_paths)),
+        negatives=[drop_outside(table, info.shape, f"{path} ({BACKGROUND_CLASS})")
+                   for table, info, path in zip(negatives, infos, coords_paths)],
     )
 
 
@@ -207,6 +226,7 @@ def load_training_data(
         class_names=plan.class_names,
         radii=plan.radii,
         voxel_size=plan.voxel_size,
+        negatives=plan.negatives,
     )
 
 

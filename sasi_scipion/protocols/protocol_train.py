@@ -11,7 +11,7 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
 from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
 from ..engine.coordinates import ParticleTable
-from ..engine.limits import radius_problem
+from ..engine.limits import BACKGROUND_CLASS, radius_problem
 from ..engine.models import BACKBONES
 from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
@@ -64,7 +64,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
 
     Classes: a coordinate set whose coordinates carry several group ids gives
     one class per group id; otherwise each set is one class, named after the set
-    (change the names with 'Class names')."""
+    (change the names with 'Class names'). A class named 'background' holds
+    points that are not particles, taught as background."""
 
     _label = "train"
 
@@ -76,7 +77,10 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                       important=True,
                       help="One or more coordinate sets (from any picker or an import): a few "
                            "particles per class. A set with several group ids gives one class "
-                           "per group id, otherwise one class per set.")
+                           "per group id, otherwise one class per set. A class named "
+                           f"'{BACKGROUND_CLASS}' holds points that are not particles (gold "
+                           "beads, membranes, junk, empty ice): training shows them as "
+                           "background, so picking learns to leave them out.")
         form.addParam("inputTomograms", params.PointerParam, pointerClass=SetOfTomograms,
                       allowsNull=True, label="Tomograms (optional)",
                       help="Tomograms to train on; empty: the tomograms the coordinates were "
@@ -190,7 +194,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             else:
                 args += ["--unlabelled", tomogram_path(tomo)]
         for (_, _, name), radius in zip(self.classPlan(), self.classRadii()):
-            args += ["--radius", f"{name}={radius}"]
+            if name != BACKGROUND_CLASS:  # points that are not particles have no radius
+                args += ["--radius", f"{name}={radius}"]
         if self.pretrainedModel.get() is not None:
             args += ["--pretrained", self.pretrainedModel.get().getPath()]
         if self.iterations.get() > 0:
@@ -229,6 +234,9 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         if given_names and len(given_names) != len(plan):
             errors.append(f"'Class names' lists {len(given_names)} name(s) for {len(plan)} "
                           f"class(es) ({', '.join(names)}): give one name per class.")
+        if names and all(n == BACKGROUND_CLASS for n in names):
+            errors.append(f"Every class is '{BACKGROUND_CLASS}' (points that are not "
+                          "particles): add a coordinate set of the particles to learn.")
         if len(set(names)) != len(names):
             errors.append(f"Two classes have the same name ({', '.join(names)}): set 'Class "
                           "names' or give the coordinate sets different labels.")
@@ -241,7 +249,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                           "class(es): give one per class or a single value.")
         else:
             errors += [f"Particle radii: {problem}." for problem in
-                       (radius_problem(n, r, WINDOW) for n, r in zip(names, radii)) if problem]
+                       (radius_problem(n, r, WINDOW) for n, r in zip(names, radii)
+                        if n != BACKGROUND_CLASS) if problem]
         errors += self._validatePretrained(tomograms.getSamplingRate())
         errors += self._validateGpus()
         errors += run_number_problems(self.iterations.get(), self.seed.get())

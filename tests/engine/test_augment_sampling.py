@@ -14,9 +14,10 @@ from sasi_scipion.engine.augment import (
     random_exact_transform,
     rotate_about_z,
 )
-from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.coordinates import ParticleTable, write_particles
 from sasi_scipion.engine.limits import context_size
 from sasi_scipion.engine.masks import sphere_label_volume
+from sasi_scipion.engine.mrc_io import write_volume
 from sasi_scipion.engine.sampling import (
     SupervisedSampler,
     UnlabelledSampler,
@@ -24,6 +25,7 @@ from sasi_scipion.engine.sampling import (
     grid_starts,
     simclr_views,
 )
+from sasi_scipion.engine.training_data import load_training_data
 
 
 def test_context_size_holds_a_rotated_window() -> None:
@@ -113,6 +115,39 @@ def test_supervised_sampling_is_class_balanced_and_seeded(labelled_volume) -> No
     x1, y1 = sampler.sample(4, np.random.default_rng(7))
     x2, y2 = sampler.sample(4, np.random.default_rng(7))
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_background_points_are_sampled_as_one_more_class(labelled_volume) -> None:
+    volume, labels, particles = labelled_volume
+    volume = volume.copy()
+    volume[28:31, 42:45, 42:45] = 7.0  # a marked distractor around (x, y, z) = (43, 43, 29)
+    negatives = [ParticleTable([[43, 43, 29]], ["background"])]
+
+    def marked_share(sampler: SupervisedSampler) -> float:
+        x, y = sampler.sample(300, np.random.default_rng(5))
+        marked = (x[:, 0] > 6.5).any(dim=(1, 2, 3))
+        assert (y[x[:, 0] > 6.5] == 0).all()  # taught as background
+        return marked.float().mean().item()
+
+    with_points = marked_share(SupervisedSampler([volume], [labels], [particles], ["a", "b"],
+                                                 window=24, negatives=negatives))
+    without = marked_share(SupervisedSampler([volume], [labels], [particles], ["a", "b"],
+                                             window=24))
+    # one draw in three (two classes + background) centres a window within W/2 of it
+    assert with_points > 0.28 and with_points > without + 0.15
+
+
+def test_training_data_keeps_background_points_apart(tmp_path) -> None:
+    tomogram = tmp_path / "t.mrc"
+    write_volume(tomogram, np.random.default_rng(0).normal(size=(32, 48, 48))
+                 .astype(np.float32), 10.0)
+    coords = tmp_path / "l.tsv"
+    write_particles(coords, ParticleTable([[10, 12, 8], [30, 20, 16], [40, 40, 20], [5, 40, 9]],
+                                          ["a", "b", "background", "background"]))
+    data = load_training_data([str(tomogram)], [str(coords)], ["3"], 24)
+    assert data.class_names == ["a", "b"]
+    assert data.negatives[0].xyz.tolist() == [[40, 40, 20], [5, 40, 9]]
+    assert set(np.unique(data.label_maps[0])) == {0, 1, 2}  # no sphere for background
 
 
 def test_supervised_sampler_needs_every_class() -> None:

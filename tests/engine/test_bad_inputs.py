@@ -67,6 +67,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_particles(d / "far.tsv", ParticleTable([[100, 100, 100]], ["a"]))
     write_particles(d / "clash.tsv", ParticleTable([[10, 12, 8], [10.2, 12, 8]], ["a", "b"]))
     (d / "empty.tsv").write_text("x\ty\tz\tclass\n")
+    write_particles(d / "onlybg.tsv", ParticleTable([[10, 12, 8]], ["background"]))
     torch.manual_seed(0)
     save_model(d / "model.pt", build_backbone("deepfinder", 3), _meta())
     save_model(d / "pre.pt", build_backbone("deepfinder", 2),
@@ -158,6 +159,10 @@ CASES = [
     ("radius of an absent class", [*_train(), *R3, "--radius", "c=3"],
      ["no particle of class 'c'", "remove the option"]),
     ("class without radius", [*_train(), "--radius", "a=3"], ["class 'b' has no radius"]),
+    ("only background points", [*_train(coords="onlybg.tsv"), *R3],
+     ["only 'background' points", "label at least one particle"]),
+    ("radius for background points", [*_train(), *R3, "--radius", "background=3"],
+     ["are not particles", "remove the option"]),
     ("iterations 1e12", [*_train(), *R3, "--iterations", "1000000000000"], ["give 1 to 1000000"]),
     ("iterations 0", [*_train(), *R3, "--iterations", "0"], ["positive integer", "--help"]),
     ("seed negative", [*_train(), *R3, "--seed", "-1"], ["--seed -1", "from 0 to"]),

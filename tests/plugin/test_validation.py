@@ -176,6 +176,26 @@ def test_train_refuses_bad_radii(env, radii, words) -> None:
     assert words in _errors(train)
 
 
+def test_train_takes_background_points_without_a_radius(env) -> None:
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.protocols import ProtSaSiTrain
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], "train_background")
+    train = project.newProtocol(ProtSaSiTrain, useGpu=False, radii="3,inf",
+                                classNames="a,background")
+    for label in ("coords_particles", "coords_background"):
+        train.inputCoordinates.append(Pointer(_coordinates(d, tomograms, label)))
+    train.inputTomograms.set(tomograms)
+    assert train.validate() == []  # the background class's radius is never used
+    alone = project.newProtocol(ProtSaSiTrain, useGpu=False, radii="3",
+                                classNames="background")
+    alone.inputCoordinates.append(Pointer(_coordinates(d, tomograms, "coords_only_background")))
+    alone.inputTomograms.set(tomograms)
+    assert "Every class is 'background'" in _errors(alone)
+
+
 def test_train_refuses_a_missing_pretrained_model_and_bad_numbers(env) -> None:
     from pyworkflow.object import Pointer
 
