@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,9 +15,9 @@ from .coordinates import (
     drop_duplicates,
     drop_outside,
     inside_volume,
-    read_particles,
 )
 from .errors import SasiInputError
+from .formats import Reference, read_coordinates
 from .limits import radius_problem, split_class_value
 from .masks import sphere_label_volume
 from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
@@ -118,6 +119,13 @@ def check_tomograms(given: Sequence[tuple[str, str]], window: int) -> list[MrcIn
     return infos
 
 
+def _reference(info: MrcInfo, tomogram: str) -> Reference:
+    """What the header of a labelled tomogram tells its coordinate file's format."""
+    return Reference(shape=info.shape, voxel_size=info.voxel_size,
+                     name=Path(tomogram).stem,
+                     fix=f"set the pixel size in the header of {tomogram}")
+
+
 @dataclass
 class LabelPlan:
     """The checked labels of the training tomograms, before any volume is read.
@@ -156,7 +164,8 @@ def plan_labels(
         )
     radii = parse_radii(radius_specs)
     infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    read = [drop_duplicates(read_particles(path), path) for path in coords_paths]
+    read = [drop_duplicates(read_coordinates(path, _reference(info, tomogram)), path)
+            for path, info, tomogram in zip(coords_paths, infos, tomogram_paths)]
     labelled = sorted({name for table in read for name in table.class_names})
     unused = [name for name in radii if name != ANY_CLASS and name not in labelled]
     if unused:
