@@ -139,6 +139,14 @@ def _output_format_option(parser: argparse.ArgumentParser) -> None:
                              ".json copick; docs/formats.md)")
 
 
+def _invert_contrast_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--invert-contrast", action="store_true",
+                        help="negate the tomogram before picking: protein is bright here "
+                             "and was dark in the model's training data (the simulator's "
+                             "and most reconstructions'), or the reverse; 'sasi info' "
+                             "shows the model's contrast")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -225,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "summed probabilities")
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
+    _invert_contrast_option(pick)
     _device_option(pick)
 
     ev = sub.add_parser("evaluate", help="precision, recall and F1 of picks against the truth")
@@ -322,7 +331,8 @@ def _run_pick(args: argparse.Namespace) -> None:
             log.update(done)
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              args.precision, progress=report, components=args.components)
+                              args.precision, progress=report, components=args.components,
+                              invert_contrast=args.invert_contrast)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)
@@ -409,6 +419,7 @@ def _run_info(args: argparse.Namespace) -> None:
     summary = {"model": str(args.model), "arch": meta.arch, "classes": meta.classes,
                "radii": meta.radii, "window": meta.window, "voxel_size": meta.voxel_size,
                "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
+               "contrast": meta.contrast,
                "parameters": int(sum(t.numel() for t in state.values())),
                "engine_version": meta.engine_version, "sidecar": card is not None}
     print(json.dumps(summary, indent=2))
