@@ -119,8 +119,7 @@ def prepare_model(root: Path, work: Path, model: int, z_range: slice | None
         return folder / TOMOGRAM, truth, occupancy
     volume = read_volume(folder / TOMOGRAM)
     cropped = work / f"model_{model}_z{z_range.start}-{z_range.stop}.mrc"
-    if not cropped.is_file():
-        write_volume(cropped, volume.data[z_range], volume.voxel_size)
+    write_volume(cropped, volume.data[z_range], volume.voxel_size)
     occupancy = occupancy[z_range]
     kept = np.unique(occupancy[occupancy > 0]) - 1
     renumber = np.zeros(len(truth) + 1, dtype=np.int64)

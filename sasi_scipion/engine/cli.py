@@ -27,6 +27,7 @@ from .formats import (
     DEFAULT_CLASS,
     FORMATS,
     Reference,
+    check_classes,
     check_reference,
     output_format,
     read_coordinates,
@@ -323,6 +324,8 @@ def _run_pick(args: argparse.Namespace) -> None:
     reference = tomogram_reference(args.tomogram, fix="set the pixel size in its header "
                                                       "or write --format tsv")
     check_reference(out, fmt, reference)
+    if fmt == "copick":  # one class per file: refuse before picking, not after
+        check_classes(out, fmt, read_model_file(args.model)[0].classes)
     device = resolve_device(args.device)
     with atomic_output(log_path) as tmp_log, \
             ProgressLog(1, f"pick {Path(args.tomogram).name}", tmp_log, step_name="tile") as log:

@@ -203,3 +203,24 @@ def test_pick_refuses_a_format_its_tomogram_cannot_place(tmp_path: Path, capsys)
     assert main([*common, "--out", str(tmp_path / "p.tsv"), "--format", "shrec"]) == 2
     assert "a shrec file must end in .txt" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "t.mrc"]
+
+
+def test_pick_to_copick_refuses_a_model_of_several_classes_before_picking(
+        tmp_path: Path, capsys) -> None:
+    from sasi_scipion.engine.model_file import ModelMetadata, save_model
+    from sasi_scipion.engine.models import build_backbone
+    from sasi_scipion.engine.normalize import NORMALISATION
+
+    tomogram = tmp_path / "t.mrc"
+    write_volume(tomogram, np.random.default_rng(0).normal(size=(30, 30, 30)).astype(
+        np.float32), VOXEL)
+    meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=["a", "b"],
+                         radii=[3.0, 3.0], window=24, voxel_size=VOXEL,
+                         normalisation=NORMALISATION, pretrained_only=False, iterations=1)
+    save_model(tmp_path / "m.pt", build_backbone("deepfinder", 3), meta)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["pick", "--model", str(tmp_path / "m.pt"), "--tomogram", str(tomogram),
+                 "--out", str(tmp_path / "p.json"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "a copick picks file holds one object" in err and "pick t.mrc" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

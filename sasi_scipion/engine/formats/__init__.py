@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..coordinates import ParticleTable, read_particles, write_particles
 from ..errors import SasiInputError
-from .copick import read_picks, write_picks
+from .copick import check_one_class, read_picks, write_picks
 from .dynamo import looks_like_table, read_table, write_table
 from .reference import Reference, tomogram_reference
 from .relion import read_star, write_star
@@ -35,9 +35,9 @@ NEEDS = {"relion5": ("shape", "voxel size"), "copick": ("voxel size",)}
 SNIFF_LINES = 5
 DEFAULT_CLASS = "particle"
 
-__all__ = ["DEFAULT_CLASS", "EXTENSIONS", "FORMATS", "Reference", "check_reference",
-           "detect_format", "output_format", "read_coordinates", "tomogram_reference",
-           "write_coordinates"]
+__all__ = ["DEFAULT_CLASS", "EXTENSIONS", "FORMATS", "Reference", "check_classes",
+           "check_reference", "detect_format", "output_format", "read_coordinates",
+           "tomogram_reference", "write_coordinates"]
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -100,6 +100,13 @@ def check_reference(path: str | os.PathLike, fmt: str, reference: Reference) -> 
         reference.need_voxel_size(path, what)
     if "shape" in needs:
         reference.need_shape(path, what)
+
+
+def check_classes(path: str | os.PathLike, fmt: str, class_names: list[str]) -> None:
+    """Refuse, before any work, classes that ``fmt`` cannot hold in one file (copick:
+    one object per file)."""
+    if fmt == "copick":
+        check_one_class(path, class_names)
 
 
 def read_coordinates(path: str | os.PathLike, reference: Reference | None = None,

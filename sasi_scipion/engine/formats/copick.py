@@ -68,6 +68,15 @@ def read_picks(path: str | os.PathLike, reference: Reference,
                          np.array([name] * len(xyz), dtype=object), np.array(scores))
 
 
+def check_one_class(path: str | os.PathLike, class_names: list[str]) -> None:
+    """Refuse to write particles of several classes into one copick picks file."""
+    if len(class_names) > 1:
+        raise SasiInputError(
+            f"{path}: a copick picks file holds one object, these particles are of "
+            f"{len(class_names)} classes ({', '.join(class_names)}); write TSV or STAR, "
+            "or one copick file per class")
+
+
 def write_picks(path: str | os.PathLike, table: ParticleTable, reference: Reference) -> None:
     """Write ``table`` (0-based voxels, one class) as a copick picks file, atomically.
 
@@ -75,11 +84,7 @@ def write_picks(path: str | os.PathLike, table: ParticleTable, reference: Refere
         SasiInputError: several classes (a copick picks file holds one object), or no
             voxel size.
     """
-    if len(table.class_names) > 1:
-        raise SasiInputError(
-            f"{path}: a copick picks file holds one object, these particles are of "
-            f"{len(table.class_names)} classes ({', '.join(table.class_names)}); write "
-            "TSV or STAR, or one copick file per class")
+    check_one_class(path, table.class_names)
     size = reference.need_voxel_size(path, WHAT)
     scores = table.scores if table.scores is not None else np.ones(len(table))
     payload = {
