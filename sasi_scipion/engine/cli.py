@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -152,9 +153,8 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    problem = finite_problem("value", value, 0.0, low_open=True)
-    if problem:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
     return value
 

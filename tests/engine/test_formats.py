@@ -224,3 +224,22 @@ def test_pick_to_copick_refuses_a_model_of_several_classes_before_picking(
     err = capsys.readouterr().err
     assert "a copick picks file holds one object" in err and "pick t.mrc" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_evaluate_reads_star_picks_against_shrec_truth(tmp_path: Path, capsys) -> None:
+    """The occupancy map gives the shape and voxel size the RELION 5 picks need."""
+    truth = ParticleTable([[10, 12, 8], [30, 20, 16]], ["a", "b"])
+    occupancy = np.zeros(SHAPE, dtype=np.int16)
+    for row, (x, y, z) in enumerate(truth.xyz.astype(int)):
+        occupancy[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2] = row + 1
+    write_volume(tmp_path / "occ.mrc", occupancy, VOXEL)
+    write_coordinates(tmp_path / "truth.txt", truth, "shrec")
+    write_coordinates(tmp_path / "picks.star", truth.subset(np.array([True, False])),
+                      "relion5", REFERENCE)
+    args = ["evaluate", "--picks", str(tmp_path / "picks.star"), "--truth",
+            str(tmp_path / "truth.txt")]
+    assert main([*args, "--occupancy", str(tmp_path / "occ.mrc"), "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out)["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"]) == (1, 0, 1)
+    assert main([*args, "--radius", "3"]) == 2
+    assert "give --tomogram T" in capsys.readouterr().err
