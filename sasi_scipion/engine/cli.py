@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tomogram", action="append", default=[], required=True,
                        help="labelled tomogram (repeat; pairs with --coords in order)")
     train.add_argument("--coords", action="append", default=[], required=True,
-                       help="its coordinate file (.tsv: x y z class, voxels)")
+                       help="its coordinate file: .tsv (x y z class, voxels), RELION "
+                            ".star, Dynamo .tbl, SHREC .txt or copick .json "
+                            "(docs/formats.md)")
     train.add_argument("--unlabelled", action="append", default=[],
                        help="extra unlabelled tomogram for self-supervision (repeat)")
     train.add_argument("--radius", action="append", default=[],

@@ -74,6 +74,18 @@ def test_hand_written_file_gives_the_known_voxels(tmp_path: Path, fmt: str) -> N
     assert list(table.classes) == classes
 
 
+@pytest.mark.parametrize("name, rows", [("TS_02", 1), ("rec_TS_02", 1), ("xTS_02", 0)])
+def test_relion_rows_of_the_named_tomogram(tmp_path: Path, name: str, rows: int) -> None:
+    path = tmp_path / "p.star"
+    path.write_text(HAND_WRITTEN["relion5"][0])
+    reference = Reference(shape=SHAPE, voxel_size=VOXEL, name=name)
+    if rows:
+        np.testing.assert_allclose(read_coordinates(path, reference).xyz, [[44, 34, 24]])
+    else:
+        with pytest.raises(Exception, match="none is named 'xTS_02'"):
+            read_coordinates(path, reference)
+
+
 def test_relion_origin_shift_is_subtracted(tmp_path: Path) -> None:
     path = tmp_path / "p.star"
     path.write_text(_star(["100 0 0 20 0 -10"], [

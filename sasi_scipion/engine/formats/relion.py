@@ -12,7 +12,8 @@ Two conventions, both ``x, y, z``:
 
 A particle's centre is its coordinate minus its origin shift
 (``rlnOrigin{X,Y,Z}Angst``, Å), as RELION applies it. ``rlnTomoName`` selects the
-tomogram's particles in a file that holds several tomograms; ``rlnClassNumber`` (a
+tomogram's particles in a file that holds several tomograms (the tomogram file's name,
+or ``rec_<name>`` as RELION 5 writes it); ``rlnClassNumber`` (a
 number) becomes the class name; ``rlnAutopickFigureOfMerit`` is the score.
 """
 
@@ -57,6 +58,15 @@ def _particles_block(path: Path):
                          f"{', '.join(PIXELS)} (RELION 4); give a particle STAR file")
 
 
+def _matching_name(names: list[str], stem: str | None) -> str | None:
+    """The ``rlnTomoName`` of a tomogram file named ``stem``: the same name, or the one
+    name it ends with after an underscore (RELION 5 writes ``rec_<name>.mrc``)."""
+    if stem in names:
+        return stem
+    suffixed = [n for n in names if stem and stem.endswith("_" + n)]
+    return suffixed[0] if len(suffixed) == 1 else None
+
+
 def _this_tomogram(block, path: Path, reference: Reference):
     """The rows of ``block`` that belong to the reference tomogram."""
     if TOMO_NAME not in block.columns:
@@ -64,14 +74,15 @@ def _this_tomogram(block, path: Path, reference: Reference):
     names = sorted({str(n) for n in block[TOMO_NAME]})
     if len(names) <= 1:
         return block
-    if reference.name not in names:
+    name = _matching_name(names, reference.name)
+    if name is None:
         listed = f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
         which = (f"and none is named {reference.name!r}; name the tomogram file after "
                  "its rlnTomoName") if reference.name else (
             "; give the tomogram to choose, its file named after its rlnTomoName")
         raise SasiInputError(f"{path}: holds particles of {len(names)} tomograms "
                              f"({listed}){' ' if reference.name else ''}{which}")
-    return block[block[TOMO_NAME].astype(str) == reference.name]
+    return block[block[TOMO_NAME].astype(str) == name]
 
 
 def read_star(path: str | os.PathLike, reference: Reference,
