@@ -29,6 +29,7 @@ setup(
         "scipion-em>=3.10",
         "scipion-em-tomo>=3.10",
         "matplotlib>=3.5",
+        "starfile>=0.5",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4"],

@@ -1,4 +1,4 @@
-"""The ``sasi`` command: simulate, pretrain, train, pick, evaluate, info, demo.
+"""The ``sasi`` command: simulate, pretrain, train, pick, evaluate, convert, info, demo.
 
 Bad input ends with a one-line ``sasi: error: ...`` on stderr that names the fix,
 exit status 2, and no output file.
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -22,13 +23,23 @@ import torch
 
 from . import ENGINE_VERSION
 from .atomic import atomic_output, check_outputs
-from .coordinates import read_particles, write_particles
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
+from .formats import (
+    DEFAULT_CLASS,
+    FORMATS,
+    Reference,
+    check_classes,
+    check_reference,
+    output_format,
+    read_coordinates,
+    tomogram_reference,
+    write_coordinates,
+)
 from .inference import PRECISIONS
 from .limits import BACKGROUND_CLASS, finite_problem, split_class_value
 from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
-from .mrc_io import read_volume
+from .mrc_io import inspect_mrc, read_volume
 from .picking import PICK_MODES, pick_tomogram
 from .postprocess import COMPONENT_MODES, DEFAULT_COMPONENTS
 from .progress import ProgressLog
@@ -123,6 +134,48 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     _device_option(parser)
 
 
+def _output_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS,
+                        help="coordinate format to write (default: from the extension: "
+                             ".tsv SaSi, .star RELION 5, .tbl Dynamo, .txt SHREC 2021, "
+                             ".json copick; docs/formats.md)")
+
+
+def _invert_contrast_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--invert-contrast", action="store_true",
+                        help="negate the tomogram before picking: protein is bright here "
+                             "and was dark in the model's training data (the simulator's "
+                             "and most reconstructions'), or the reverse; 'sasi info' "
+                             "shows the model's contrast")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
+    return value
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    """``sasi convert IN OUT``: one coordinate format to another."""
+    conv = sub.add_parser("convert", help="convert a coordinate file to another format")
+    conv.add_argument("input", metavar="IN", help="coordinate file to read (any format)")
+    conv.add_argument("output", metavar="OUT", help="coordinate file to write")
+    conv.add_argument("--tomogram", help="the tomogram of the particles: its shape and "
+                                         "voxel size (needed for Å and centred formats)")
+    conv.add_argument("--voxel-size", type=_positive_float,
+                      help="Å per voxel (overrides the tomogram's header)")
+    conv.add_argument("--class", dest="class_name",
+                      help=f"class of particles whose file names none (default "
+                           f"{DEFAULT_CLASS})")
+    conv.add_argument("--from", dest="from_format", choices=FORMATS,
+                      help="format of IN (default: from its content)")
+    _output_format_option(conv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = _Parser(
@@ -151,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tomogram", action="append", default=[], required=True,
                        help="labelled tomogram (repeat; pairs with --coords in order)")
     train.add_argument("--coords", action="append", default=[], required=True,
-                       help="its coordinate file (.tsv: x y z class, voxels); points of class "
-                            f"'{BACKGROUND_CLASS}' are not particles (gold, membrane, junk): "
-                            "training shows their windows as background")
+                       help="its coordinate file: .tsv (x y z class, voxels), RELION "
+                            ".star, Dynamo .tbl, SHREC .txt or copick .json "
+                            f"(docs/formats.md); points of class '{BACKGROUND_CLASS}' are not "
+                            "particles (gold, membrane, junk): training shows their windows "
+                            "as background")
     train.add_argument("--unlabelled", action="append", default=[],
                        help="extra unlabelled tomogram for self-supervision (repeat)")
     train.add_argument("--radius", action="append", default=[],
@@ -168,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     pick = sub.add_parser("pick", help="find particles in a tomogram")
     pick.add_argument("--model", required=True)
     pick.add_argument("--tomogram", required=True)
-    pick.add_argument("--out", required=True, help="coordinate file to write (.tsv)")
+    pick.add_argument("--out", required=True,
+                      help="coordinate file to write (.tsv; .star, .tbl, .txt, .json: see "
+                           "--format)")
+    _output_format_option(pick)
     pick.add_argument("--mode", choices=PICK_MODES, default="tiled",
                       help="tiled (fast, default) or sliding (the paper's W / stride W/2)")
     pick.add_argument("--min-score", type=float,
@@ -180,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "summed probabilities")
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
+    _invert_contrast_option(pick)
     _device_option(pick)
 
     ev = sub.add_parser("evaluate", help="precision, recall and F1 of picks against the truth")
@@ -197,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "radii are known; default: the challenge's weights for its classes, "
                          "else 1)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--tomogram",
+                    help="the tomogram of the picks: its shape and voxel size for "
+                         "coordinates in Å (default: those of --occupancy)")
+
+    _add_convert(sub)
 
     info = sub.add_parser("info", help="print what a model file holds")
     info.add_argument("--model", required=True)
@@ -253,8 +317,7 @@ def _run_pick(args: argparse.Namespace) -> None:
     from .device import resolve_device
 
     out = Path(args.out)
-    if out.suffix != ".tsv":
-        raise SasiInputError(f"--out {args.out}: a coordinate file must end in .tsv")
+    fmt = _output_format("--out", out, args.format)
     problem = (finite_problem("--min-score", args.min_score, 0.0, 1.0)
                if args.min_score is not None else None)
     if problem:
@@ -262,6 +325,11 @@ def _run_pick(args: argparse.Namespace) -> None:
     log_path = out.with_suffix(".log.jsonl")
     check_outputs([("--out", out), ("--out", log_path)],
                   [("--model", args.model), ("--tomogram", args.tomogram)])
+    reference = tomogram_reference(args.tomogram, fix="set the pixel size in its header "
+                                                      "or write --format tsv")
+    check_reference(out, fmt, reference)
+    if fmt == "copick":  # one class per file: refuse before picking, not after
+        check_classes(out, fmt, read_model_file(args.model)[0].classes)
     device = resolve_device(args.device)
     with atomic_output(log_path) as tmp_log, \
             ProgressLog(1, f"pick {Path(args.tomogram).name}", tmp_log, step_name="tile") as log:
@@ -270,18 +338,38 @@ def _run_pick(args: argparse.Namespace) -> None:
             log.update(done)
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              args.precision, progress=report, components=args.components)
-        write_particles(out, picks)
+                              args.precision, progress=report, components=args.components,
+                              invert_contrast=args.invert_contrast)
+        write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)
     print(f"picked {len(picks)} particle(s) ({counts or 'none'}) -> {args.out}")
 
 
+def _output_format(option: str, path: Path, fmt: str | None) -> str:
+    """The format to write ``path`` (``formats.output_format``), errors naming ``option``."""
+    try:
+        return output_format(path, fmt)
+    except SasiInputError as error:
+        raise SasiInputError(f"{option} {error}") from error
+
+
+def _evaluation_reference(args: argparse.Namespace) -> Reference:
+    """Shape and voxel size for the coordinates of ``sasi evaluate``: the tomogram's,
+    else the occupancy map's."""
+    fix = "give --tomogram T (its shape and voxel size)"
+    if args.tomogram or not args.occupancy:
+        return tomogram_reference(args.tomogram, fix=fix)
+    info = inspect_mrc(args.occupancy)
+    return Reference(shape=info.shape, voxel_size=info.voxel_size, fix=fix)
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     """The SHREC 2021 rule (``--occupancy``) or the distance rule, then the CZII block
     (:data:`CZII_REPORT`) whenever radii are known (``--radius``, ``--model``)."""
-    picks = read_particles(args.picks, allow_empty=True)
-    truth = read_particles(args.truth)
+    reference = _evaluation_reference(args)
+    picks = read_coordinates(args.picks, reference, allow_empty=True)
+    truth = read_coordinates(args.truth, reference)
     weights = _weights(args.weight)
     radii = parse_radii(args.radius)
     if args.model:
@@ -309,6 +397,24 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else text)
 
 
+def _run_convert(args: argparse.Namespace) -> None:
+    """Read ``IN`` in any format and write ``OUT`` in the format its extension or
+    ``--format`` names; every check runs before anything is written."""
+    out = Path(args.output)
+    fmt = _output_format("OUT", out, args.format)
+    inputs = [("IN", args.input)] + ([("--tomogram", args.tomogram)] if args.tomogram else [])
+    check_outputs([("OUT", out)], inputs)
+    reference = tomogram_reference(
+        args.tomogram, args.voxel_size,
+        fix="give --tomogram T (its shape and voxel size)" + (
+            "" if args.tomogram else " or --voxel-size A"))
+    check_reference(out, fmt, reference)
+    table = read_coordinates(args.input, reference, fmt=args.from_format,
+                             default_class=args.class_name or DEFAULT_CLASS, allow_empty=True)
+    write_coordinates(out, table, fmt, reference)
+    print(f"wrote {len(table)} particle(s) as {fmt} -> {out}")
+
+
 def _run_info(args: argparse.Namespace) -> None:
     meta, state = read_model_file(args.model)
     card_path = sidecar_paths(args.model)[0]
@@ -320,6 +426,7 @@ def _run_info(args: argparse.Namespace) -> None:
     summary = {"model": str(args.model), "arch": meta.arch, "classes": meta.classes,
                "radii": meta.radii, "window": meta.window, "voxel_size": meta.voxel_size,
                "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
+               "contrast": meta.contrast,
                "parameters": int(sum(t.numel() for t in state.values())),
                "engine_version": meta.engine_version, "sidecar": card is not None}
     print(json.dumps(summary, indent=2))
@@ -339,6 +446,7 @@ COMMANDS = {
     "train": lambda a: _run_training(a, pretrain=False),
     "pick": _run_pick,
     "evaluate": _run_evaluate,
+    "convert": _run_convert,
     "info": _run_info,
     "demo": _run_demo,
 }

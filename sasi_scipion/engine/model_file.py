@@ -23,6 +23,7 @@ from torch import nn
 
 from . import ENGINE_VERSION
 from .atomic import atomic_output
+from .contrast import CONTRASTS
 from .errors import SasiModelFormatError
 from .models import BACKBONES, build_backbone
 
@@ -52,6 +53,11 @@ class ModelMetadata:
         score_cutoffs: per component mode (``postprocess.COMPONENT_MODES``), one
             score cut-off per class chosen from the training labels
             (``thresholds.score_cutoffs``); empty for older and pre-trained models.
+        contrast: ``"dark"`` or ``"bright"``: protein in the training tomograms, measured
+            at the labels (``contrast.label_contrast``); ``None`` for older and
+            pre-trained models.
+        contrast_skew: mean skewness of the normalised training tomograms
+            (``contrast.contrast_skew``), which picking compares; ``None`` when unknown.
     """
 
     arch: str
@@ -66,6 +72,8 @@ class ModelMetadata:
     settings: dict[str, Any] = field(default_factory=dict)
     loss_history: list[dict[str, Any]] = field(default_factory=list)
     score_cutoffs: dict[str, list[float]] = field(default_factory=dict)
+    contrast: str | None = None
+    contrast_skew: float | None = None
     engine_version: str = ENGINE_VERSION
 
     @property
@@ -170,6 +178,10 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
             and all(_is_number(v) and 0 <= v <= 1 for v in values)
             for mode, values in cutoffs.items())):
         return "its score cut-offs are not one number in [0, 1] per class"
+    if payload.get("contrast") not in (None, *CONTRASTS):
+        return f"its contrast is not one of {', '.join(CONTRASTS)}"
+    if not (payload.get("contrast_skew") is None or _is_number(payload["contrast_skew"])):
+        return "its contrast skewness is not a number"
     return None
 
 

@@ -4,6 +4,12 @@ Every check that the header and the file size allow is made by
 :func:`inspect_mrc` without reading the data, so that the Scipion protocols'
 ``_validate`` can refuse a bad tomogram before a run starts; :func:`read_volume`
 makes the same checks, then reads and checks the values.
+
+Reading maps the file into memory (``mrcfile.mmap``) and converts it to ``float32``
+in one pass, so a tomogram stored in 8 or 16 bits costs only its ``float32`` copy,
+not that and a raw copy too. Mode 0 (bytes) is signed in the MRC2014 standard, but
+IMOD writes unsigned bytes unless its header flags say signed: a file with IMOD's
+stamp and without that flag is read as ``uint8`` (0..255), as IMOD and 3dmod read it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ REAL_MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
 COMPLEX_MODES = (3, 4)
 HEADER_BYTES = 1024
 IMAGE_STACK_SPACE_GROUP = 0
+STANDARD_AXES = (1, 2, 3)
+"""``mapc, mapr, maps``: columns are x, rows y, sections z (the only order read)."""
+IMOD_STAMP = 1146047817
+"""IMOD's header stamp (``imodStamp``, bytes 152-155; ``imodFlags`` at 156-159, bit 0:
+bytes are signed)."""
+IMOD_STAMP_OFFSET = 152 - 112
+"""Offset of ``imodStamp`` inside ``extra2`` (header bytes 112-195)."""
+IMOD_SIGNED_BYTES = 1
 
 
 @dataclass
@@ -93,6 +107,7 @@ def inspect_mrc(path: str | os.PathLike) -> MrcInfo:
                 mode, ispg = int(header.mode), int(header.ispg)
                 nx, ny, nz, mz = (int(header[k]) for k in ("nx", "ny", "nz", "mz"))
                 extended = int(header.nsymbt)
+                axes = (int(header.mapc), int(header.mapr), int(header.maps))
                 sizes = tuple(float(mrc.voxel_size[k]) for k in ("x", "y", "z"))
         except (OSError, ValueError) as error:
             raise SasiInputError(
@@ -134,7 +149,20 @@ def inspect_mrc(path: str | os.PathLike) -> MrcInfo:
         raise SasiInputError(
             f"{path}: a stack of volumes (space group {ispg}); give one tomogram per file"
         )
+    if sorted(axes) == list(STANDARD_AXES) and axes != STANDARD_AXES:
+        raise SasiInputError(
+            f"{path}: its axes are stored in the order (mapc, mapr, maps) = {axes}, not "
+            "x, y, z; rewrite it in the standard order (e.g. 'clip flipyz' or "
+            "'trimvol -yz' for a y/z swap)")
     return MrcInfo(shape=(nz, ny, nx), voxel_size=_voxel_size(path, sizes))
+
+
+def _unsigned_bytes(header: np.recarray) -> bool:
+    """Whether mode-0 data of ``header`` are unsigned: IMOD's stamp without its
+    signed-bytes flag."""
+    words = np.frombuffer(header.extra2.tobytes(), dtype=header.nx.dtype,
+                          count=2, offset=IMOD_STAMP_OFFSET)
+    return int(words[0]) == IMOD_STAMP and not int(words[1]) & IMOD_SIGNED_BYTES
 
 
 def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
@@ -149,10 +177,14 @@ def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
                     raise ValueError("no data block")
-                data = np.asarray(mrc.data, dtype=np.float32).reshape(info.shape)
+                raw = mrc.data
+                if int(mrc.header.mode) == 0 and _unsigned_bytes(mrc.header):
+                    raw = raw.view(np.uint8)
+                data = np.array(raw, dtype=np.float32).reshape(info.shape)  # a copy
+                del raw
         except (OSError, ValueError) as error:
             raise SasiInputError(
                 f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"

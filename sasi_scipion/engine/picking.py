@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
 from .errors import SasiInputError
 from .inference import segment_sliding, segment_tiled
@@ -55,8 +57,12 @@ def segment_tomogram(
     mode: str = "tiled",
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    invert_contrast: bool = False,
 ) -> tuple[Segmentation, ModelMetadata]:
-    """Segment a tomogram (argmax class and its probability per voxel)."""
+    """Segment a tomogram (argmax class and its probability per voxel); with
+    ``invert_contrast``, of the negated normalised tomogram. Warns on stderr when the
+    tomogram, so prepared, looks inverted relative to the model
+    (``contrast.inversion_warning``)."""
     if mode not in PICK_MODES:
         raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
     model, meta = load_model(model_path, device)
@@ -64,6 +70,11 @@ def segment_tomogram(
     check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
     data = normalise(volume.data)
     del volume
+    if invert_contrast:
+        np.negative(data, out=data)
+    warning = inversion_warning(contrast_skew(data), meta.contrast_skew, str(tomogram_path))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if mode == "tiled":
         segmentation = segment_tiled(model, data, device, precision=precision,
                                      progress=progress)
@@ -89,14 +100,17 @@ def pick_tomogram(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     components: str = DEFAULT_COMPONENTS,
+    invert_contrast: bool = False,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
-    cut-offs from its training labels (:func:`model_cutoffs`).
+    cut-offs from its training labels (:func:`model_cutoffs`). ``invert_contrast``
+    negates the tomogram first (protein bright here, dark in the training data, or
+    the reverse).
     """
     segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
-                                          progress)
+                                          progress, invert_contrast)
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                              components=components)

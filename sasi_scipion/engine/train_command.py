@@ -16,6 +16,7 @@ from torch import nn
 
 from .atomic import atomic_output, check_outputs, remove_partials
 from .checkpoint import checkpoint_path, read_checkpoint, run_fingerprint, write_checkpoint
+from .contrast import contrast_skew, label_contrast
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
@@ -232,6 +233,8 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
         copied = _load_matching(model, state)
         print(f"train: started from {args.pretrained} ({copied} tensors)", file=sys.stderr)
     trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device, replica)
+    contrast = label_contrast(data.volumes, data.label_maps)
+    skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
 
     def meta(history: list[dict]) -> ModelMetadata:
         print("train: choosing score cut-offs from the labelled particles", file=sys.stderr)
@@ -246,7 +249,8 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
                       "background_points": sum(len(t) for t in data.negatives or []),
                       "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history)},
-            loss_history=history, score_cutoffs=cutoffs)
+            loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
+            contrast_skew=skew)
 
     description = {"command": "train", "arch": arch, "classes": data.class_names,
                    "radii": data.radii, "voxel_size": voxel_size}

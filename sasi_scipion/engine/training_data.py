@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,9 +15,9 @@ from .coordinates import (
     drop_duplicates,
     drop_outside,
     inside_volume,
-    read_particles,
 )
 from .errors import SasiInputError
+from .formats import Reference, read_coordinates
 from .limits import BACKGROUND_CLASS, radius_problem, split_class_value
 from .masks import sphere_label_volume
 from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
@@ -121,6 +122,13 @@ def check_tomograms(given: Sequence[tuple[str, str]], window: int) -> list[MrcIn
     return infos
 
 
+def _reference(info: MrcInfo, tomogram: str) -> Reference:
+    """What the header of a labelled tomogram tells its coordinate file's format."""
+    return Reference(shape=info.shape, voxel_size=info.voxel_size,
+                     name=Path(tomogram).stem,
+                     fix=f"set the pixel size in the header of {tomogram}")
+
+
 @dataclass
 class LabelPlan:
     """The checked labels of the training tomograms, before any volume is read.
@@ -166,7 +174,8 @@ def plan_labels(
             f"{BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
         )
     infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    both = [drop_duplicates(read_particles(path), path) for path in coords_paths]
+    both = [drop_duplicates(read_coordinates(path, _reference(info, tomogram)), path)
+            for path, info, tomogram in zip(coords_paths, infos, tomogram_paths)]
     negatives = [table.subset(table.classes == BACKGROUND_CLASS) for table in both]
     read = [table.subset(table.classes != BACKGROUND_CLASS) for table in both]
     if not any(len(table) for table in read):

@@ -58,6 +58,12 @@ class ProtSaSiPick(ProtSaSiBase):
                       condition="not useModelCutoffs",
                       help="Drop particles whose score (mean class probability) is lower "
                            "(0 to 1; 0 keeps every pick).")
+        form.addParam("invertContrast", params.BooleanParam, default=False,
+                      label="Invert contrast?",
+                      help="Yes: negate the tomograms before picking, for protein bright "
+                           "here when it was dark in the model's training tomograms (the "
+                           "usual, and the simulator's), or the reverse. The pick log "
+                           "warns when a tomogram looks inverted relative to the model.")
         form.addParam("mode", params.EnumParam, choices=MODES, default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
@@ -82,7 +88,8 @@ class ProtSaSiPick(ProtSaSiBase):
         self.runSasi(["pick", "--model", self.inputModel.get().getPath(),
                       "--tomogram", tomogram_path(tomo), "--out", self._picksPath(ts_id),
                       "--mode", MODES[self.mode.get()],
-                      *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())])])
+                      *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())]),
+                      *(["--invert-contrast"] if self.invertContrast.get() else [])])
 
     def registerStep(self, ts_id: str) -> None:
         """Add one tomogram's picks to the output set (created on first use)."""

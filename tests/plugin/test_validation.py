@@ -275,3 +275,19 @@ def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
     collapsed.setFromMetadata({**card, "settings": {"ssl_collapsed_at": 27}})
     assert collapsed.getSslCollapsedAt() == 27
     assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
+
+
+def test_pick_passes_invert_contrast_only_when_asked(env, monkeypatch) -> None:
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], "pick_invert"))
+    pick.inputModel.set(SaSiModel(path=str(d / "model.pt")))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(pick, "runSasi", lambda args, device=True: commands.append(args))
+    pick.pickStep("t1")
+    pick.invertContrast.set(True)
+    pick.pickStep("t1")
+    assert ["--invert-contrast" in c for c in commands] == [False, True]
