@@ -25,6 +25,8 @@ from .averages import class_averages
 PHASE_COLOURS = {"ssl": "tab:orange", "supervised": "tab:blue"}
 UNKNOWN_CLASS_COLOUR = "white"
 PNG_DPI = 80
+LABEL_COLUMN_WIDTH = 0.34
+"""Share of the evaluation table's width given to the row labels."""
 SCORE_BINS = 20
 CONTRAST_PERCENTILES = (1, 99)
 """Grey levels of a tomogram slice span these percentiles of the whole volume."""
@@ -166,16 +168,19 @@ def evaluation_table(result: dict) -> Figure:
     fig = Figure(figsize=(9, 1.4 + 0.4 * len(rows)))
     ax = fig.add_subplot()
     ax.set_axis_off()
-    table = ax.table(cellText=[format_cells(s) for _, s in rows],
-                     rowLabels=[label for label, _ in rows], colLabels=list(COLUMNS),
-                     loc="center", cellLoc="center")
+    table = ax.table(cellText=[[label, *format_cells(s)] for label, s in rows],
+                     colLabels=["class", *COLUMNS], loc="center", cellLoc="center",
+                     colWidths=[LABEL_COLUMN_WIDTH] + [(1 - LABEL_COLUMN_WIDTH) / len(COLUMNS)]
+                     * len(COLUMNS))
     table.auto_set_font_size(False)
     table.set_fontsize(11)
-    table.scale(0.75, 1.6)
-    for column in range(-1, len(COLUMNS)):
-        for row in (len(rows) - 1, len(rows)):
-            if (row, column) in table.get_celld():
-                table[row, column].set_text_props(fontweight="bold")
+    table.scale(1, 1.6)
+    for (row, column), cell in table.get_celld().items():
+        if column == 0 and row > 0:
+            cell.set_text_props(ha="left")
+            cell.PAD = 0.03
+        if row >= len(rows) - 1:
+            cell.set_text_props(fontweight="bold")
     ax.set_title(f"SaSi evaluation ({result['rule']} rule)", fontsize=13)
     fig.text(0.5, 0.02, "class-aware: a pick is a hit only on a particle of its own class\n"
              "class-agnostic: a pick of any class may match any particle",
