@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -76,8 +77,11 @@ def prepare_data(folder: Path, tomograms: int, shape: tuple[int, int, int], labe
 def run_workflow(work: str | os.PathLike, tomograms: int = 2,
                  shape: tuple[int, int, int] = DEFAULT_SHAPE, labels: int = 5,
                  pretrain_iterations: int = 20, iterations: int = 300, seed: int = 0,
-                 threads: int = 1, project_name: str | None = None) -> WorkflowResult:
-    """Build and run the demo project under ``work`` (see the module docstring)."""
+                 threads: int = 1, project_name: str | None = None,
+                 log: TextIO | None = None) -> WorkflowResult:
+    """Build and run the demo project under ``work`` (see the module docstring); each
+    step's start, progress and end go to ``log`` (default stderr)."""
+    log = log or sys.stderr
     work = Path(work).resolve()
     configure(work / SCIPION_SUBFOLDER)
     from pyworkflow.plugin import Domain
@@ -97,7 +101,7 @@ def run_workflow(work: str | os.PathLike, tomograms: int = 2,
     def launch(role: str, cls: type, label: str, **kwargs):
         protocol = project.newProtocol(cls, **kwargs)
         protocol.setObjLabel(label)
-        return _run(project, protocol, done, role)
+        return _run(project, protocol, done, role, log)
 
     tomos = launch("import_tomograms", import_tomograms, "import tomograms",
                    filesPath=str(work / "data" / "tomograms"), filesPattern="tomo_???.mrc",
@@ -121,7 +125,7 @@ def run_workflow(work: str | os.PathLike, tomograms: int = 2,
     for protocol in label_sets:
         train.inputCoordinates.append(protocol)
         train.inputCoordinates[-1].setExtended("outputCoordinates")
-    train = _run(project, train, done, "train")
+    train = _run(project, train, done, "train", log)
     pick = launch("pick", ProtSaSiPick, "sasi pick", inputTomograms=tomos.Tomograms,
                   inputModel=train.outputModel, numberOfThreads=threads, **common)
     evaluate = project.newProtocol(ProtSaSiEvaluate, inputCoordinates=pick.output3DCoordinates)
@@ -129,25 +133,25 @@ def run_workflow(work: str | os.PathLike, tomograms: int = 2,
     for protocol in truth_sets:
         evaluate.referenceCoordinates.append(protocol)
         evaluate.referenceCoordinates[-1].setExtended("outputCoordinates")
-    evaluate = _run(project, evaluate, done, "evaluate")
+    evaluate = _run(project, evaluate, done, "evaluate", log)
     launch("export", export_coords, "export picks", inputCoordinates=pick.output3DCoordinates,
            outputFormat=0)
     return WorkflowResult(project.path, str(work / "data"), evaluate.pooledF1.get(), done)
 
 
-def _run(project, protocol, done: dict, role: str):
+def _run(project, protocol, done: dict, role: str, log: TextIO):
     """Validate, run and wait for a protocol; raise with its error when it fails."""
     errors = protocol.validate()
     if errors:
         raise RuntimeError(f"{protocol.getObjLabel()}: {'; '.join(errors)}")
-    print(f"[workflow] {protocol.getObjLabel()}: running", file=sys.stderr, flush=True)
-    with following(lambda: protocol.getLogPaths()[1:2], sys.stderr,
+    print(f"[workflow] {protocol.getObjLabel()}: running", file=log, flush=True)
+    with following(lambda: protocol.getLogPaths()[1:2], log,
                    f"    {protocol.getObjLabel()} | "):
         project.launchProtocol(protocol, wait=True)
     if not protocol.isFinished():
         raise RuntimeError(f"{protocol.getObjLabel()} failed: {protocol.getErrorMessage()}")
     done[role] = protocol
-    print(f"[workflow] {protocol.getObjLabel()}: done", file=sys.stderr)
+    print(f"[workflow] {protocol.getObjLabel()}: done", file=log, flush=True)
     return protocol
 
 

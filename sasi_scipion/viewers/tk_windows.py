@@ -33,15 +33,14 @@ def new_window(title: str, tk_root: tk.Misc | None) -> tuple[tk.Toplevel | tk.Tk
     return window, root is None
 
 
-def figure_canvas(master: tk.Misc, figure: Figure, toolbar: bool = True) -> FigureCanvasTkAgg:
+def figure_canvas(master: tk.Misc, figure: Figure) -> FigureCanvasTkAgg:
     """``figure`` on a Tk canvas packed into ``master``, with matplotlib's zoom and save
     toolbar below it."""
     figure.set_dpi(SCREEN_DPI)
     canvas = FigureCanvasTkAgg(figure, master=master)
-    if toolbar:
-        bar = NavigationToolbar2Tk(canvas, master, pack_toolbar=False)
-        bar.update()
-        bar.pack(side=tk.BOTTOM, fill=tk.X)
+    bar = NavigationToolbar2Tk(canvas, master, pack_toolbar=False)
+    bar.update()
+    bar.pack(side=tk.BOTTOM, fill=tk.X)
     canvas.draw()
     canvas.get_tk_widget().pack(side=tk.TOP, fill=tk.BOTH, expand=True)
     return canvas

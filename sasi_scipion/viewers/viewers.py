@@ -53,7 +53,7 @@ class _SaSiViewer(Viewer):
 
 def _history(model: SaSiModel) -> list[dict]:
     """The loss history of a model: its JSON-lines log, one record per iteration."""
-    from ..engine.model_file import sidecar_paths  # torch-free reader: issue 13
+    from ..engine.model_file import sidecar_paths  # lazy: model_file imports torch
 
     with open(sidecar_paths(model.getPath())[1]) as handle:
         return [json.loads(line) for line in handle if line.strip()]

@@ -5,6 +5,7 @@ the tests."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -65,17 +66,24 @@ def gui(x_display):
 
 VIEWER_PROJECT = "sasi_viewers"
 """Name of the tiny workflow project that the GUI tests open."""
+TINY_ITERATIONS = 6
 
 
 @pytest.fixture(scope="session")
-def tiny_workflow():
+def tiny_workflow_log() -> io.StringIO:
+    """What the tiny workflow printed (each step's start, progress and end)."""
+    return io.StringIO()
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tiny_workflow_log):
     """The workflow with tiny settings (a few iterations on small tomograms): real
     outputs of every protocol for the viewers, forms and GUI tests, not good picks."""
     from sasi_scipion.workflow_demo import run_workflow
 
     return run_workflow(WORK, tomograms=2, shape=(32, 80, 80), labels=3,
-                        pretrain_iterations=2, iterations=6, seed=0,
-                        threads=2, project_name=VIEWER_PROJECT)
+                        pretrain_iterations=2, iterations=TINY_ITERATIONS, seed=0,
+                        threads=2, project_name=VIEWER_PROJECT, log=tiny_workflow_log)
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,13 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from sasi_scipion.gui_launch import DEFAULT_WORK, how_to_open
 from sasi_scipion.log_follow import LogFollower, following
 from sasi_scipion.workflow_demo import estimated_minutes
 
-from .conftest import REPOSITORY
+from .conftest import REPOSITORY, TINY_ITERATIONS
 
 
 def test_follower_echoes_whole_new_lines_as_they_come(tmp_path) -> None:
@@ -72,3 +74,16 @@ def test_readme_keeps_two_setup_commands() -> None:
     commands = [line for line in block.splitlines()[1:] if line.strip()]
     assert [re.split(r"\s+#", c)[0].strip() for c in commands] == ["bash scripts/demo",
                                                                    "bash scripts/test"]
+
+
+@pytest.mark.slow
+def test_workflow_echoes_each_step_with_its_progress(tiny_workflow, tiny_workflow_log) -> None:
+    text = tiny_workflow_log.getvalue()
+    for label in ("import tomograms", "sasi pretrain", "sasi train", "sasi pick",
+                  "sasi evaluate", "export picks"):
+        assert f"[workflow] {label}: running" in text and f"[workflow] {label}: done" in text
+    last = f"iteration {TINY_ITERATIONS}/{TINY_ITERATIONS}"
+    assert re.search(rf"    sasi train \| train: {last} .*elapsed \S+ eta \S+", text), text
+    assert re.search(r"    sasi pretrain \| pretrain: iteration 2/2 .*eta ", text), text
+    assert text.index("[workflow] sasi train: running") < text.index(last) \
+        < text.index("[workflow] sasi train: done")
