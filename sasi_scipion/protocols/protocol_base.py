@@ -22,6 +22,7 @@ from ..engine.limits import MAX_ITERATIONS, MAX_SEED
 from ..engine.model_file import build_network, read_model_file
 from ..engine.mrc_io import inspect_mrc, size_problem, unknown_voxel_size_warning
 from ..engine.training import TrainingSettings
+from ..gpu_presence import gpu_present
 from ..objects import SaSiModel
 
 BATCH_SIZE = TrainingSettings.batch_size
@@ -98,14 +99,28 @@ class ProtSaSiBase(EMProtocol, ProtTomoBase):
 
     @staticmethod
     def _addGpuParams(form) -> None:
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=gpu_present(),
                        label="Use GPU for execution",
                        help="Run the network on a GPU (one of GPU IDs). With 'No' it runs on "
-                            "the CPU with every available core.")
+                            "the CPU with every available core. Default: Yes when this "
+                            "machine has an NVIDIA GPU.")
         form.addHidden(params.GPU_LIST, params.StringParam, default="0",
                        label="Choose GPU IDs",
                        help="GPU to use (for example 0 or 1). Under a queue, the GPUs the "
                             "queue gives the job.")
+
+    def validate(self) -> list[str]:
+        """pyworkflow's checks and ``_validate``, then :meth:`_gpuPresenceProblems`."""
+        return super().validate() + self._gpuPresenceProblems()
+
+    def _gpuPresenceProblems(self) -> list[str]:
+        """An error when 'Use GPU' is on, no queue is used and this machine shows no GPU."""
+        use_gpu = getattr(self, params.USE_GPU, None)
+        if use_gpu is None or not use_gpu.get() or self.useQueue() or gpu_present():
+            return []
+        return ["'Use GPU' is Yes but this machine shows no NVIDIA GPU: set 'Use GPU' to No "
+                "(at the top of the form) to run on the CPU, or send the job to a queue with "
+                "GPUs."]
 
     def getGpuList(self) -> list[int]:
         """The GPU ids of the form, or none when 'Use GPU' is off: a queue then asks for

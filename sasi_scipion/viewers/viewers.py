@@ -1,7 +1,8 @@
-"""pyworkflow viewers of SaSi models, picks and evaluations.
+"""pyworkflow viewers of SaSi models, picks and evaluations ("Analyze results").
 
-Each viewer draws PNG files into the viewer's temporary folder (``pngs(obj)``,
-usable without a display, which the tests do) and shows them as figures.
+Each viewer's ``_visualize`` returns Tk views (:mod:`.tk_windows`) that open
+windows in the Scipion GUI; ``pngs(obj)`` draws the same figures into PNG files
+in the viewer's temporary folder, without a display (reports and tests).
 """
 
 from __future__ import annotations
@@ -9,94 +10,116 @@ from __future__ import annotations
 import json
 import os
 
+from matplotlib.figure import Figure
+from pyworkflow.protocol import Protocol
 from pyworkflow.viewer import DESKTOP_TKINTER, View, Viewer
 
 from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..engine.coordinates import read_particles
-from ..engine.model_file import sidecar_paths
 from ..engine.mrc_io import read_volume
 from ..objects import SaSiModel
 from ..protocols import ProtSaSiEvaluate, ProtSaSiPick, ProtSaSiPretrain, ProtSaSiTrain
 from ..protocols.protocol_base import tomogram_path
 from . import plots
+from .picks_window import PicksBrowser, TomogramPicks
+from .tk_windows import FigureView, TkView
 
 
-class PngView(View):
-    """Shows PNG files in a matplotlib window."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def show(self) -> None:
-        import matplotlib.image as mpimg
-        import matplotlib.pyplot as plt
-
-        for path in self.paths:
-            fig, ax = plt.subplots()
-            ax.imshow(mpimg.imread(path))
-            ax.set_axis_off()
-            ax.set_title(os.path.basename(path))
-        plt.show()
-
-
-class _PngViewer(Viewer):
-    """Base of the SaSi viewers: each subclass defines ``pngs(obj) -> PNG paths``."""
+class _SaSiViewer(Viewer):
+    """Base of the SaSi viewers: each subclass defines ``figures(obj)`` as
+    ``(name, figure)`` pairs; :meth:`pngs` saves them, ``_visualize`` shows them."""
 
     _environments = [DESKTOP_TKINTER]
 
+    def figures(self, obj) -> list[tuple[str, Figure]]:
+        raise NotImplementedError
+
     def _visualize(self, obj, **kwargs) -> list[View]:
-        return [PngView(self.pngs(obj))]
+        return [FigureView(self.window_title(obj), figure, self.getTkRoot())
+                for _, figure in self.figures(obj)]
 
-    def _png(self, name: str) -> str:
+    def window_title(self, obj) -> str:
+        """``<viewer label>: <run label>`` (of the protocol, or of the one that made
+        ``obj``)."""
+        owner = obj if self.protocol is None or isinstance(obj, Protocol) else self.protocol
+        return f"{self._label}: {owner.getObjLabel() or owner.getClassName()}"
+
+    def pngs(self, obj) -> list[str]:
+        """The figures as PNG files in the viewer's temporary folder; their paths."""
         os.makedirs(self._getTmpPath(), exist_ok=True)
-        return self._getTmpPath(name)
+        return [plots.save(figure, self._getTmpPath(f"{name}.png"))
+                for name, figure in self.figures(obj)]
 
 
-class SaSiTrainingViewer(_PngViewer):
-    """Training curves of a SaSi model: loss per iteration and phase."""
+def _history(model: SaSiModel) -> list[dict]:
+    """The loss history of a model: its JSON-lines log, one record per iteration."""
+    from ..engine.model_file import sidecar_paths  # lazy: model_file imports torch
+
+    with open(sidecar_paths(model.getPath())[1]) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class SaSiTrainingViewer(_SaSiViewer):
+    """Training curves of a SaSi model: the total loss by phase and each loss term."""
 
     _label = "SaSi training curves"
     _targets = [SaSiModel, ProtSaSiTrain, ProtSaSiPretrain]
 
-    def pngs(self, obj) -> list[str]:
+    def figures(self, obj) -> list[tuple[str, Figure]]:
         model = obj if isinstance(obj, SaSiModel) else obj.outputModel
-        log = sidecar_paths(model.getPath())[1]
-        with open(log) as handle:
-            history = [json.loads(line) for line in handle if line.strip()]
-        return [plots.save(plots.training_curves(history), self._png("sasi_training.png"))]
+        return [("sasi_training", plots.training_curves(_history(model),
+                                                        self.window_title(obj)))]
 
 
-class SaSiPicksViewer(_PngViewer):
-    """Picks of each tomogram over z sections, and the score histogram."""
+class SaSiPicksViewer(_SaSiViewer):
+    """The picks browser (z slices, tomogram chooser, counts, scores, class averages);
+    as PNGs, per tomogram four z slices and the summary."""
 
     _label = "SaSi picks"
     _targets = [ProtSaSiPick]
 
-    def pngs(self, obj) -> list[str]:
+    def tomograms(self, obj) -> list[TomogramPicks]:
+        """The picked tomograms of a pick protocol, in the set's order."""
+        found = []
+        for tomo in getattr(obj, OUTPUT_COORDINATES).getPrecedents().iterItems():
+            picks_file = obj._getExtraPath(f"{tomo.getTsId()}{PICKS_SUFFIX}")
+            if os.path.exists(picks_file):
+                found.append(TomogramPicks(tomo.getTsId(), tomogram_path(tomo),
+                                           read_particles(picks_file, allow_empty=True)))
+        return found
+
+    @staticmethod
+    def _classes(obj) -> tuple[list[str], list[float]]:
         model = obj.inputModel.get()
-        names, radii = model.getClassNames(), model.getRadii()
-        output = getattr(obj, OUTPUT_COORDINATES)
-        paths = []
-        for tomo in output.getPrecedents().iterItems():
-            ts_id = tomo.getTsId()
-            picks_file = obj._getExtraPath(f"{ts_id}{PICKS_SUFFIX}")
-            if not os.path.exists(picks_file):
-                continue
-            picks = read_particles(picks_file, allow_empty=True)
-            volume = read_volume(tomogram_path(tomo)).data
-            paths.append(plots.save(plots.picks_over_slices(volume, picks, names, radii),
-                                    self._png(f"sasi_picks_{ts_id}.png")))
-            paths.append(plots.save(plots.score_histogram(picks),
-                                    self._png(f"sasi_scores_{ts_id}.png")))
-        return paths
+        return model.getClassNames(), model.getRadii()
+
+    def figures(self, obj) -> list[tuple[str, Figure]]:
+        names, radii = self._classes(obj)
+        out = []
+        for entry in self.tomograms(obj):
+            volume = read_volume(entry.volume_path, check_values=False).data
+            out += [(f"sasi_picks_{entry.ts_id}",
+                     plots.picks_overview(volume, entry.picks, names, radii, entry.ts_id)),
+                    (f"sasi_picks_summary_{entry.ts_id}",
+                     plots.picks_summary(volume, entry.picks, names, radii, entry.ts_id))]
+        return out
+
+    def _visualize(self, obj, **kwargs) -> list[View]:
+        names, radii = self._classes(obj)
+        tomograms = self.tomograms(obj)
+        if not tomograms:
+            return [self.infoMessage("No picks yet: the pick protocol has not finished a "
+                                     "tomogram.", "SaSi picks")]
+        return [TkView(self.window_title(obj),
+                       lambda window: PicksBrowser(window, tomograms, names, radii),
+                       self.getTkRoot())]
 
 
-class SaSiEvaluationViewer(_PngViewer):
-    """The evaluation table: precision, recall and F1 per class and pooled."""
+class SaSiEvaluationViewer(_SaSiViewer):
+    """The evaluation table: per class, class-aware total and class-agnostic scores."""
 
     _label = "SaSi evaluation"
     _targets = [ProtSaSiEvaluate]
 
-    def pngs(self, obj) -> list[str]:
-        return [plots.save(plots.evaluation_table(obj.getEvaluation()),
-                           self._png("sasi_evaluation.png"))]
+    def figures(self, obj) -> list[tuple[str, Figure]]:
+        return [("sasi_evaluation", plots.evaluation_table(obj.getEvaluation()))]

@@ -5,6 +5,8 @@ the tests."""
 
 from __future__ import annotations
 
+import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -35,3 +37,58 @@ def workflow():
     return run_workflow(WORK, tomograms=2, shape=WORKFLOW_SHAPE, labels=5,
                         pretrain_iterations=4, iterations=WORKFLOW_ITERATIONS, seed=1,
                         threads=2, project_name="sasi_tests")
+
+
+@pytest.fixture(scope="session")
+def x_display():
+    """A virtual X display (Xvfb) as DISPLAY for the rest of the session."""
+    from .xdisplay import start_virtual_display
+
+    previous = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = start_virtual_display()
+    yield os.environ["DISPLAY"]
+    if previous is None:
+        os.environ.pop("DISPLAY")
+    else:
+        os.environ["DISPLAY"] = previous
+
+
+@pytest.fixture(scope="session")
+def gui(x_display):
+    """A pyworkflow ``Window`` on the virtual display, standing for the project
+    window: the parent of viewers and forms, as in the GUI."""
+    from pyworkflow.gui import Window
+
+    window = Window("SaSi test host")
+    yield window
+    window.root.master.destroy()
+
+
+VIEWER_PROJECT = "sasi_viewers"
+"""Name of the tiny workflow project that the GUI tests open."""
+TINY_ITERATIONS = 6
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_log() -> io.StringIO:
+    """What the tiny workflow printed (each step's start, progress and end)."""
+    return io.StringIO()
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tiny_workflow_log):
+    """The workflow with tiny settings (a few iterations on small tomograms): real
+    outputs of every protocol for the viewers, forms and GUI tests, not good picks."""
+    from sasi_scipion.workflow_demo import run_workflow
+
+    return run_workflow(WORK, tomograms=2, shape=(32, 80, 80), labels=3,
+                        pretrain_iterations=2, iterations=TINY_ITERATIONS, seed=0,
+                        threads=2, project_name=VIEWER_PROJECT, log=tiny_workflow_log)
+
+
+@pytest.fixture(scope="session")
+def project(tiny_workflow):
+    """The tiny workflow's project, loaded as the GUI loads it."""
+    from pyworkflow.project import Manager
+
+    return Manager().loadProject(VIEWER_PROJECT)
