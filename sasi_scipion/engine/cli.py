@@ -23,6 +23,7 @@ import torch
 from . import ENGINE_VERSION
 from .atomic import atomic_output, check_outputs
 from .coordinates import read_particles, write_particles
+from .defaults import SSL_AUTO, SSL_SCHEDULES, UNSCORED_CLASSES
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .inference import PRECISIONS
 from .limits import finite_problem, split_class_value
@@ -33,7 +34,7 @@ from .picking import PICK_MODES, pick_tomogram
 from .postprocess import COMPONENT_MODES, DEFAULT_COMPONENTS
 from .progress import ProgressLog
 from .runtime import describe_runtime
-from .training import SSL_SCHEDULES, TrainingSettings
+from .training import TrainingSettings
 from .training_data import class_radii, parse_radii
 
 EXIT_BAD_INPUT = 2
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrained", help="model file from 'sasi pretrain' to start from")
     train.add_argument("--no-infill", action="store_true", help="no Volume Infill")
     train.add_argument("--no-consistency", action="store_true", help="no consistency guidance")
-    train.add_argument("--ssl", choices=("auto", *SSL_SCHEDULES), default="auto",
+    train.add_argument("--ssl", choices=(SSL_AUTO, *SSL_SCHEDULES), default=SSL_AUTO,
                        help="SimCLR schedule (auto: iss, or none with --pretrained)")
     _training_options(train)
 
@@ -287,7 +288,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         radii = {**dict(zip(meta.classes, meta.radii)), **radii}
     names = sorted(set(truth.class_names))
     truth_radii = dict(zip(names, class_radii(names, radii, 10**6))) if radii else None
-    unscored = args.unscored if args.unscored is not None else ("4V94", "vesicle")
+    unscored = args.unscored if args.unscored is not None else UNSCORED_CLASSES
     if args.occupancy:
         occupancy = read_volume(args.occupancy, check_values=False).data.astype("int64")
         result = evaluate_occupancy(picks, truth, occupancy, unscored=unscored)

@@ -19,10 +19,9 @@ import mrcfile
 import numpy as np
 
 from .atomic import atomic_output
+from .defaults import VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 
-VOXEL_SIZE_TOLERANCE = 0.01
-"""Relative difference of voxel sizes still taken as equal."""
 REAL_MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
 """MRC data modes the engine reads (int8, int16, float32, uint16, float16): bytes per voxel."""
 COMPLEX_MODES = (3, 4)

@@ -10,15 +10,14 @@ import torch
 from torch import nn
 
 from .coordinates import ParticleTable
+from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .inference import segment_sliding, segment_tiled
 from .model_file import ModelMetadata, load_model
-from .mrc_io import VOXEL_SIZE_TOLERANCE, read_tomogram
+from .mrc_io import read_tomogram
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
 from .thresholds import score_cutoffs
-
-PICK_MODES = ("tiled", "sliding")
 
 
 def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,

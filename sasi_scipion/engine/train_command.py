@@ -16,6 +16,7 @@ from torch import nn
 
 from .atomic import atomic_output, check_outputs, remove_partials
 from .checkpoint import checkpoint_path, read_checkpoint, run_fingerprint, write_checkpoint
+from .defaults import DEFAULT_ITERATIONS, SSL_AUTO, WINDOW
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
@@ -28,12 +29,6 @@ from .progress import ProgressLog
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
 from .training_data import check_tomograms, common_voxel_size, load_training_data, load_unlabelled
 
-WINDOW = 24
-DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
-"""Default budget per device type: 7 to 10 minutes on a 2-core CPU (0.7 s per
-float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
-Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
-on a GPU."""
 CHECKPOINT_INTERVAL_S = 180.0
 """Without ``--checkpoint-every``, a checkpoint after each 3 minutes of training, on
 whatever device: a killed run loses at most that much work."""
@@ -223,7 +218,7 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
         common_voxel_size([voxel_size, pre_meta.voxel_size],
                           ["the tomograms", f"pre-trained model {args.pretrained}"])
         arch = pre_meta.arch
-    ssl = args.ssl if args.ssl != "auto" else ("none" if args.pretrained else "iss")
+    ssl = args.ssl if args.ssl != SSL_AUTO else ("none" if args.pretrained else "iss")
     settings = _settings(args, device, infill=not args.no_infill,
                          consistency=not args.no_consistency, ssl=ssl)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed only

@@ -16,10 +16,11 @@ from .coordinates import (
     inside_volume,
     read_particles,
 )
+from .defaults import VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .limits import radius_problem, split_class_value
 from .masks import sphere_label_volume
-from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
+from .mrc_io import MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
 
 ANY_CLASS = "*"

@@ -4,7 +4,7 @@ turning its failures into readable protocol errors."""
 from __future__ import annotations
 
 import glob
-import json
+import importlib.util
 import os
 import shlex
 from collections.abc import Iterable, Sequence
@@ -17,17 +17,13 @@ from tomo.protocols import ProtTomoBase
 from .. import Plugin
 from ..constants import OUTPUT_MODEL
 from ..convert import tomograms_by_tsid
+from ..engine.defaults import BATCH_SIZE, WINDOW
 from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
 from ..engine.limits import MAX_ITERATIONS, MAX_SEED
-from ..engine.model_file import build_network, read_model_file
+from ..engine.model_card import read_model_card
 from ..engine.mrc_io import inspect_mrc, size_problem, unknown_voxel_size_warning
-from ..engine.training import TrainingSettings
 from ..objects import SaSiModel
 
-BATCH_SIZE = TrainingSettings.batch_size
-"""Windows per training batch (the engine's default, the paper's value)."""
-WINDOW = TrainingSettings.window
-"""Edge of the engine's training window, voxels: tomograms and particles must fit it."""
 LOG_TAIL_LINES = 12
 """Lines of a failed command's log quoted in the protocol's error message."""
 
@@ -42,11 +38,18 @@ def tomogram_path(tomo) -> str:
 
 
 def model_file_problem(path: str) -> str | None:
-    """The engine's one-line verdict on a model file that ``sasi`` would refuse (missing,
-    damaged, edited, not a SaSi model, weights that do not fit); ``None`` when usable."""
+    """The engine's one-line verdict on a model file that ``sasi`` would refuse; ``None``
+    when usable. Without torch in this environment (the engine in its own, see
+    ``SASI_ENV_ACTIVATION``): the file and its JSON side-car (missing, truncated, not a
+    SaSi model, a newer format, an unknown backbone). With torch, also the weights
+    (damaged, edited, not fitting the network), loading torch only now."""
     try:
-        meta, state = read_model_file(path)
-        build_network(meta, state, path)
+        read_model_card(path)
+        if importlib.util.find_spec("torch") is not None:
+            from ..engine.model_file import build_network, read_model_file
+
+            meta, state = read_model_file(path)
+            build_network(meta, state, path)
     except SasiInputError as error:
         return str(error)
     return None
@@ -242,10 +245,8 @@ class ProtSaSiModelBase(ProtSaSiBase):
     def defineModelOutput(self, sources: Sequence) -> None:
         """``outputModel`` from the model file's JSON side-car, derived from ``sources``."""
         path = self.modelPath.get()
-        with open(os.path.splitext(path)[0] + ".json") as handle:
-            card = json.load(handle)
         model = SaSiModel(path=path)
-        model.setFromMetadata(card)
+        model.setFromMetadata(read_model_card(path))
         self._defineOutputs(**{OUTPUT_MODEL: model})
         for source in sources:
             self._defineSourceRelation(source, model)

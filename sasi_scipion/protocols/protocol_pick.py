@@ -13,11 +13,9 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..convert import add_picks, tomograms_by_tsid
-from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
+from ..engine.defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
 from .protocol_base import ProtSaSiBase, model_file_problem, tomogram_path, tomogram_problems
-
-MODES = ["tiled", "sliding"]
 
 
 def box_size(radii: list[float]) -> int:
@@ -58,7 +56,7 @@ class ProtSaSiPick(ProtSaSiBase):
                       condition="not useModelCutoffs",
                       help="Drop particles whose score (mean class probability) is lower "
                            "(0 to 1; 0 keeps every pick).")
-        form.addParam("mode", params.EnumParam, choices=MODES, default=0,
+        form.addParam("mode", params.EnumParam, choices=list(PICK_MODES), default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
                            "24-voxel windows with stride 12 (slower reference).")
@@ -81,7 +79,7 @@ class ProtSaSiPick(ProtSaSiBase):
         tomo = tomograms_by_tsid(self.inputTomograms.get())[ts_id]
         self.runSasi(["pick", "--model", self.inputModel.get().getPath(),
                       "--tomogram", tomogram_path(tomo), "--out", self._picksPath(ts_id),
-                      "--mode", MODES[self.mode.get()],
+                      "--mode", PICK_MODES[self.mode.get()],
                       *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())])])
 
     def registerStep(self, ts_id: str) -> None:

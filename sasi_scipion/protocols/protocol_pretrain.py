@@ -6,7 +6,7 @@ import pyworkflow.protocol.params as params
 from tomo.objects import SetOfTomograms
 
 from ..constants import OUTPUT_MODEL
-from ..engine.models import BACKBONES
+from ..engine.defaults import BACKBONE_NAMES
 from .protocol_base import (
     ProtSaSiModelBase,
     run_number_problems,
@@ -28,7 +28,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                       label="Tomograms", important=True,
                       help="Unlabelled tomograms, all at one sampling rate, like those you "
                            "will pick.")
-        form.addParam("arch", params.EnumParam, choices=list(BACKBONES), default=0,
+        form.addParam("arch", params.EnumParam, choices=list(BACKBONE_NAMES), default=0,
                       label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
                       help="Optimisation steps; 0 = the engine's default (600 on a CPU, "
@@ -45,7 +45,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         out = self._getExtraPath("pretrained.pt")
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
-        args = ["pretrain", "--out", out, "--arch", list(BACKBONES)[self.arch.get()],
+        args = ["pretrain", "--out", out, "--arch", list(BACKBONE_NAMES)[self.arch.get()],
                 "--seed", str(self.seed.get()), "--resume"]
         for tomo in self.inputTomograms.get().iterItems():
             args += ["--tomogram", tomogram_path(tomo)]
@@ -78,5 +78,5 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                 *model.collapseWarning()]
 
     def _methods(self) -> list[str]:
-        return [f"A {list(BACKBONES)[self.arch.get()]} network was pre-trained with SimCLR on "
+        return [f"A {list(BACKBONE_NAMES)[self.arch.get()]} network was pre-trained with SimCLR on "
                 f"unlabelled tomograms as in SaSi [Adethya2025]."]

@@ -11,9 +11,8 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
 from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
 from ..engine.coordinates import ParticleTable
+from ..engine.defaults import BACKBONE_NAMES, SSL_AUTO, SSL_SCHEDULES, VOXEL_SIZE_TOLERANCE
 from ..engine.limits import radius_problem
-from ..engine.models import BACKBONES
-from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
 from .protocol_base import (
     WINDOW,
@@ -24,7 +23,7 @@ from .protocol_base import (
     tomogram_problems,
 )
 
-SSL_CHOICES = ["auto", "iss", "pss", "none"]
+SSL_CHOICES = [SSL_AUTO, *SSL_SCHEDULES]
 
 
 def _clean_name(text: str) -> str:
@@ -92,7 +91,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                       allowsNull=True, label="Pre-trained model (optional)",
                       help="Output of 'sasi - pretrain' (or a trained model to fine-tune).")
         form.addSection(label="Training")
-        form.addParam("arch", params.EnumParam, choices=list(BACKBONES), default=0,
+        form.addParam("arch", params.EnumParam, choices=list(BACKBONE_NAMES), default=0,
                       label="Network",
                       help="Backbone when no pre-trained model is given (a pre-trained model "
                            "brings its own): deepfinder, the SaSi paper's U-Net.")
@@ -182,7 +181,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
-                "--arch", list(BACKBONES)[self.arch.get()],
+                "--arch", list(BACKBONE_NAMES)[self.arch.get()],
                 "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume"]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):

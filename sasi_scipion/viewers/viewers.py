@@ -13,7 +13,7 @@ from pyworkflow.viewer import DESKTOP_TKINTER, View, Viewer
 
 from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..engine.coordinates import read_particles
-from ..engine.model_file import sidecar_paths
+from ..engine.model_card import sidecar_paths
 from ..engine.mrc_io import read_volume
 from ..objects import SaSiModel
 from ..protocols import ProtSaSiEvaluate, ProtSaSiPick, ProtSaSiPretrain, ProtSaSiTrain
