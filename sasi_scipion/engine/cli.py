@@ -26,7 +26,7 @@ from .coordinates import read_particles, write_particles
 from .defaults import SSL_AUTO, SSL_SCHEDULES, UNSCORED_CLASSES
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .inference import PRECISIONS
-from .limits import finite_problem, split_class_value
+from .limits import finite_problem, split_class_value, voxel_size_problem
 from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import read_volume
@@ -93,6 +93,13 @@ def _device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (first visible GPU, else CPU), cpu, cuda or cuda:N")
 
 
+def _voxel_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voxel-size", type=float, metavar="A",
+                        help="Å per voxel of the tomograms, used instead of their MRC "
+                             "headers' (a warning when a header disagrees); the Scipion "
+                             "protocols pass the tomograms' sampling rate")
+
+
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     parser.add_argument("--iterations", type=_positive_int,
@@ -121,6 +128,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
                         help="continue from the checkpoint OUT.ckpt of an interrupted run of "
                              "the same command (bit-identical result on the same machine); "
                              "without a checkpoint, start afresh")
+    _voxel_size_option(parser)
     _device_option(parser)
 
 
@@ -179,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "summed probabilities")
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
+    _voxel_size_option(pick)
     _device_option(pick)
 
     ev = sub.add_parser("evaluate", help="precision, recall and F1 of picks against the truth")
@@ -236,7 +245,7 @@ def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | N
     check_training_args(args, pretrain=args.command == "pretrain")
     if args.command == "train":  # so that bad labels end with status 2, not torchrun's 1
         with contextlib.redirect_stderr(io.StringIO()):  # the workers print the warnings
-            plan_labels(args.tomogram, args.coords, args.radius, WINDOW)
+            plan_labels(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
     if args.batch_size % args.processes:
         raise SasiInputError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"--processes {args.processes}: use a multiple of {args.processes}")
@@ -255,7 +264,7 @@ def _run_pick(args: argparse.Namespace) -> None:
     if out.suffix != ".tsv":
         raise SasiInputError(f"--out {args.out}: a coordinate file must end in .tsv")
     problem = (finite_problem("--min-score", args.min_score, 0.0, 1.0)
-               if args.min_score is not None else None)
+               if args.min_score is not None else None) or voxel_size_problem(args.voxel_size)
     if problem:
         raise SasiInputError(problem)
     log_path = out.with_suffix(".log.jsonl")
@@ -269,7 +278,8 @@ def _run_pick(args: argparse.Namespace) -> None:
             log.update(done)
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              args.precision, progress=report, components=args.components)
+                              args.precision, progress=report, components=args.components,
+                              voxel_size=args.voxel_size)
         write_particles(out, picks)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)

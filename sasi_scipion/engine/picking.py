@@ -54,12 +54,14 @@ def segment_tomogram(
     mode: str = "tiled",
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    voxel_size: float | None = None,
 ) -> tuple[Segmentation, ModelMetadata]:
-    """Segment a tomogram (argmax class and its probability per voxel)."""
+    """Segment a tomogram (argmax class and its probability per voxel); its voxel size
+    is ``voxel_size`` (Å, ``--voxel-size``) when given, else its header's."""
     if mode not in PICK_MODES:
         raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
     model, meta = load_model(model_path, device)
-    volume = read_tomogram(tomogram_path, meta.window)
+    volume = read_tomogram(tomogram_path, meta.window, voxel_size)
     check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
     data = normalise(volume.data)
     del volume
@@ -88,14 +90,16 @@ def pick_tomogram(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     components: str = DEFAULT_COMPONENTS,
+    voxel_size: float | None = None,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
-    cut-offs from its training labels (:func:`model_cutoffs`).
+    cut-offs from its training labels (:func:`model_cutoffs`). ``voxel_size`` (Å)
+    replaces the header's voxel size.
     """
     segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
-                                          progress)
+                                          progress, voxel_size)
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                              components=components)

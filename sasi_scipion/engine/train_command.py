@@ -20,7 +20,7 @@ from .defaults import DEFAULT_ITERATIONS, SSL_AUTO, WINDOW
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
-from .limits import finite_problem, iterations_problem, seed_problem
+from .limits import finite_problem, iterations_problem, seed_problem, voxel_size_problem
 from .model_file import ModelMetadata, build_network, read_model_file, save_model, sidecar_paths
 from .models import BACKBONES, build_backbone
 from .normalize import NORMALISATION
@@ -60,6 +60,7 @@ def check_training_args(args: argparse.Namespace, pretrain: bool) -> Path:
         or seed_problem(args.seed)
         or finite_problem("--learning-rate", args.learning_rate, 0.0, low_open=True)
         or finite_problem("--ema-decay", args.ema_decay, 0.0, 0.9999)
+        or voxel_size_problem(args.voxel_size)
     )
     if problem:
         raise SasiInputError(problem)
@@ -208,8 +209,9 @@ def _read_pretrained(path: str) -> tuple[ModelMetadata, dict[str, torch.Tensor]]
 
 def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: Replica) -> None:
     pre_meta, state = _read_pretrained(args.pretrained) if args.pretrained else (None, None)
-    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW)
-    extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled")
+    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
+    extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled",
+                                         args.voxel_size)
                          if args.unlabelled else ([], None))
     voxel_size = common_voxel_size([data.voxel_size, extra_size],
                                    ["the labelled tomograms", "the --unlabelled tomograms"])
@@ -259,7 +261,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace, out: Path, device: torch.device,
               replica: Replica) -> None:
-    volumes, voxel_size = load_unlabelled(args.tomogram, WINDOW)
+    volumes, voxel_size = load_unlabelled(args.tomogram, WINDOW, voxel_size=args.voxel_size)
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
     torch.manual_seed(args.seed)

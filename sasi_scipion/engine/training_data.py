@@ -138,9 +138,10 @@ class LabelPlan:
 
 def plan_labels(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int,
+    window: int, voxel_size: float | None = None,
 ) -> LabelPlan:
     """Check every labelled input from the tomograms' headers and the coordinate files.
+    ``voxel_size`` (Å, ``--voxel-size``) replaces the headers' voxel sizes.
 
     Raises:
         SasiInputError: unpaired files, a bad tomogram header, duplicate tomograms,
@@ -185,18 +186,19 @@ def plan_labels(
         particles=tables,
         class_names=class_names,
         radii=class_radii(class_names, radii, window),
-        voxel_size=common_voxel_size([info.voxel_size for info in infos], list(tomogram_paths)),
+        voxel_size=voxel_size or common_voxel_size([info.voxel_size for info in infos],
+                                                   list(tomogram_paths)),
     )
 
 
 def load_training_data(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int,
+    window: int, voxel_size: float | None = None,
 ) -> TrainingData:
     """Check (``plan_labels``), read and label the training tomograms (one coordinate
-    file per tomogram)."""
-    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window)
-    raw = [read_tomogram(path, window).data for path in tomogram_paths]
+    file per tomogram); ``voxel_size`` (Å, ``--voxel-size``) replaces the headers'."""
+    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window, voxel_size)
+    raw = [read_tomogram(path, window, voxel_size).data for path in tomogram_paths]
     labels = [
         sphere_label_volume(data.shape, table, plan.class_names, plan.radii)
         for data, table in zip(raw, plan.particles)
@@ -211,11 +213,12 @@ def load_training_data(
     )
 
 
-def load_unlabelled(paths: Sequence[str], window: int,
-                    option: str = "--tomogram") -> tuple[list[np.ndarray], float | None]:
-    """Normalised tomograms for self-supervision, and their shared voxel size (Å)."""
+def load_unlabelled(paths: Sequence[str], window: int, option: str = "--tomogram",
+                    voxel_size: float | None = None) -> tuple[list[np.ndarray], float | None]:
+    """Normalised tomograms for self-supervision, and their shared voxel size (Å):
+    ``voxel_size`` (``--voxel-size``) when given, else the headers'."""
     if not paths:
         raise SasiInputError(f"no {option} given; give at least one tomogram")
     infos = check_tomograms([(option, path) for path in paths], window)
-    voxel_size = common_voxel_size([info.voxel_size for info in infos], list(paths))
-    return [normalise(read_tomogram(p, window).data) for p in paths], voxel_size
+    shared = voxel_size or common_voxel_size([info.voxel_size for info in infos], list(paths))
+    return [normalise(read_tomogram(p, window, voxel_size).data) for p in paths], shared
