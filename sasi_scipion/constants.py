@@ -15,3 +15,6 @@ LABELS_SUFFIX = "_labels.tsv"
 
 OUTPUT_MODEL = "outputModel"
 OUTPUT_COORDINATES = "output3DCoordinates"
+"""Pick's output holding every class's picks (group id = 1-based class index)."""
+CLASS_OUTPUT_PREFIX = "outputCoordinates_"
+"""Pick's per-class outputs are ``outputCoordinates_<class>``."""

@@ -21,9 +21,11 @@ from ..engine.defaults import BATCH_SIZE, WINDOW
 from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
 from ..engine.limits import MAX_ITERATIONS, MAX_SEED
 from ..engine.model_card import read_model_card
-from ..engine.mrc_io import inspect_mrc, size_problem, unknown_voxel_size_warning
+from ..engine.mrc_io import header_disagrees_warning, inspect_mrc, size_problem
 from ..objects import SaSiModel
 
+SAMPLING_RATE_SOURCE = "the sampling rate in Scipion"
+"""How warnings name the tomograms' sampling rate, the voxel size the engine is given."""
 LOG_TAIL_LINES = 12
 """Lines of a failed command's log quoted in the protocol's error message."""
 
@@ -55,10 +57,17 @@ def model_file_problem(path: str) -> str | None:
     return None
 
 
+def voxel_size_arguments(tomograms) -> list[str]:
+    """``--voxel-size A``: the set's sampling rate (Å/px), which every ``sasi`` command
+    uses instead of the MRC headers' voxel size."""
+    return ["--voxel-size", repr(float(tomograms.getSamplingRate()))]
+
+
 def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` about a set of tomograms, from the files' headers: the
     engine's rules (tsIds present and distinct, a real-valued 3D volume at least a
-    window wide, a positive cubic voxel size; an unknown one is a warning)."""
+    window wide, a positive cubic voxel size in the header); a header voxel size other
+    than the set's sampling rate (which the engine is given) is a warning."""
     try:
         by_tsid = tomograms_by_tsid(tomograms)
     except ValueError as error:
@@ -74,8 +83,10 @@ def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
         problem = size_problem(path, info.shape, WINDOW)
         if problem:
             errors.append(f"{problem}.")
-        if info.voxel_size is None:
-            warnings.append(f"{unknown_voxel_size_warning(path)}.")
+        warning = header_disagrees_warning(path, info.voxel_size, tomograms.getSamplingRate(),
+                                           SAMPLING_RATE_SOURCE)
+        if warning:
+            warnings.append(f"{warning}.")
     return errors, warnings
 
 

@@ -11,11 +11,17 @@ from pyworkflow.object import Set, String
 from pyworkflow.protocol import STEPS_PARALLEL
 from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
-from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
-from ..convert import add_picks, tomograms_by_tsid
+from ..constants import CLASS_OUTPUT_PREFIX, OUTPUT_COORDINATES, PICKS_SUFFIX
+from ..convert import add_picks, class_output_name, tomograms_by_tsid
 from ..engine.defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
-from .protocol_base import ProtSaSiBase, model_file_problem, tomogram_path, tomogram_problems
+from .protocol_base import (
+    ProtSaSiBase,
+    model_file_problem,
+    tomogram_path,
+    tomogram_problems,
+    voxel_size_arguments,
+)
 
 
 def box_size(radii: list[float]) -> int:
@@ -80,38 +86,57 @@ class ProtSaSiPick(ProtSaSiBase):
         self.runSasi(["pick", "--model", self.inputModel.get().getPath(),
                       "--tomogram", tomogram_path(tomo), "--out", self._picksPath(ts_id),
                       "--mode", PICK_MODES[self.mode.get()],
+                      *voxel_size_arguments(self.inputTomograms.get()),
                       *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())])])
 
+    def classOutputs(self) -> dict[str, str]:
+        """Output name per class of the model: ``outputCoordinates_<class>``."""
+        return {name: class_output_name(CLASS_OUTPUT_PREFIX, name)
+                for name in self.inputModel.get().getClassNames()}
+
     def registerStep(self, ts_id: str) -> None:
-        """Add one tomogram's picks to the output set (created on first use)."""
-        tomograms = self.inputTomograms.get()
-        tomo = tomograms_by_tsid(tomograms)[ts_id]
-        model = self.inputModel.get()
-        group_ids = {name: i + 1 for i, name in enumerate(model.getClassNames())}
+        """Add one tomogram's picks to the combined output and to each class's output
+        (each created on first use, so that all exist, possibly empty, from the first
+        tomogram on)."""
+        tomo = tomograms_by_tsid(self.inputTomograms.get())[ts_id]
+        group_ids = {name: i + 1 for i, name in enumerate(self.inputModel.get().getClassNames())}
+        targets = [(OUTPUT_COORDINATES, None)] + [
+            (output, {name}) for name, output in self.classOutputs().items()]
         with self._outputLock:
-            output = getattr(self, OUTPUT_COORDINATES, None)
-            if output is None:
-                output = self._createSetOfCoordinates3D(self.inputTomograms)
-                output.setSamplingRate(tomograms.getSamplingRate())
-                output.setBoxSize(box_size(model.getRadii()))
-                output.setStreamState(Set.STREAM_OPEN)
-                add_picks(output, tomo, self._picksPath(ts_id), group_ids)
-                output.write()  # creates the table even when this tomogram has no pick
-                self._defineOutputs(**{OUTPUT_COORDINATES: output})
-                self._defineSourceRelation(self.inputTomograms, output)
-                self._defineSourceRelation(self.inputModel, output)
-            else:
-                output.enableAppend()
-                add_picks(output, tomo, self._picksPath(ts_id), group_ids)
-                self._updateOutputSet(OUTPUT_COORDINATES, output, Set.STREAM_OPEN)
+            for output_name, classes in targets:
+                self._appendPicks(output_name, tomo, group_ids, classes)
             done = [t for t in self.pickedTsIds.get().split(",") if t] + [ts_id]
             self.pickedTsIds.set(",".join(done))
             self._store(self.pickedTsIds)
 
+    def _appendPicks(self, output_name: str, tomo, group_ids: dict[str, int],
+                     classes: set[str] | None) -> None:
+        """Append the picks of ``tomo`` (of ``classes`` only, ``None``: all) to the output
+        ``output_name``, creating it (stream open, sampling rate of the tomograms, box
+        size from the model's radii) when it does not exist yet."""
+        output = getattr(self, output_name, None)
+        picks_path = self._picksPath(tomo.getTsId())
+        if output is not None:
+            output.enableAppend()
+            add_picks(output, tomo, picks_path, group_ids, classes)
+            self._updateOutputSet(output_name, output, Set.STREAM_OPEN)
+            return
+        suffix = "" if classes is None else "_" + output_name[len(CLASS_OUTPUT_PREFIX):]
+        output = self._createSetOfCoordinates3D(self.inputTomograms, suffix)
+        output.setSamplingRate(self.inputTomograms.get().getSamplingRate())
+        output.setBoxSize(box_size(self.inputModel.get().getRadii()))
+        output.setStreamState(Set.STREAM_OPEN)
+        add_picks(output, tomo, picks_path, group_ids, classes)
+        output.write()  # creates the table even when this tomogram has no pick
+        self._defineOutputs(**{output_name: output})
+        self._defineSourceRelation(self.inputTomograms, output)
+        self._defineSourceRelation(self.inputModel, output)
+
     def closeOutputStep(self) -> None:
-        output = getattr(self, OUTPUT_COORDINATES)
-        output.enableAppend()
-        self._updateOutputSet(OUTPUT_COORDINATES, output, Set.STREAM_CLOSED)
+        for output_name in [OUTPUT_COORDINATES, *self.classOutputs().values()]:
+            output = getattr(self, output_name)
+            output.enableAppend()
+            self._updateOutputSet(output_name, output, Set.STREAM_CLOSED)
 
     # ---------------------------------------------------------- checks
     def _validate(self) -> list[str]:

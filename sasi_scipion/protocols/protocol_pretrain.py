@@ -12,6 +12,7 @@ from .protocol_base import (
     run_number_problems,
     tomogram_path,
     tomogram_problems,
+    voxel_size_arguments,
 )
 
 
@@ -46,7 +47,8 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
         args = ["pretrain", "--out", out, "--arch", list(BACKBONE_NAMES)[self.arch.get()],
-                "--seed", str(self.seed.get()), "--resume"]
+                "--seed", str(self.seed.get()), "--resume",
+                *voxel_size_arguments(self.inputTomograms.get())]
         for tomo in self.inputTomograms.get().iterItems():
             args += ["--tomogram", tomogram_path(tomo)]
         if self.iterations.get() > 0:

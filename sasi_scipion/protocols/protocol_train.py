@@ -21,12 +21,13 @@ from .protocol_base import (
     run_number_problems,
     tomogram_path,
     tomogram_problems,
+    voxel_size_arguments,
 )
 
 SSL_CHOICES = [SSL_AUTO, *SSL_SCHEDULES]
 
 
-def _clean_name(text: str) -> str:
+def clean_name(text: str) -> str:
     """A class name the engine's files can hold: no blanks or tabs."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text.strip()).strip("_") or "particle"
 
@@ -37,7 +38,7 @@ def set_label(pointer, fallback: str) -> str:
     coords = pointer.get()
     owner = pointer.getObjValue()
     label = coords.getObjLabel() or (owner.getObjLabel() if owner is not coords else "")
-    return _clean_name(label or fallback)
+    return clean_name(label or fallback)
 
 
 def classes_of_sets(pointers, prefix: str) -> list[tuple[int, int | None, str]]:
@@ -130,7 +131,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         names = [n.strip() for n in self.classNames.get().split(",")] \
             if self.classNames.get().strip() else []
         if len(names) == len(plan):
-            plan = [(i, g, _clean_name(n)) for (i, g, _), n in zip(plan, names)]
+            plan = [(i, g, clean_name(n)) for (i, g, _), n in zip(plan, names)]
         return plan
 
     def _scale(self, coords: SetOfCoordinates3D) -> float:
@@ -182,7 +183,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         # goes on from the checkpoint the interrupted one left.
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
                 "--arch", list(BACKBONE_NAMES)[self.arch.get()],
-                "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume"]
+                "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume",
+                *voxel_size_arguments(self._tomograms())]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):
                 args += ["--tomogram", tomogram_path(tomo), "--coords", self._labelsPath(ts_id)]

@@ -28,6 +28,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     for name in ("a", "b"):
         write_volume(d / f"{name}.mrc", noise, 10.0)
     write_volume(d / "unknown.mrc", noise, None)
+    write_volume(d / "one_angstrom.mrc", noise, 1.0)
     write_volume(d / "tiny.mrc", noise[:10, :10, :10], 10.0)
     with mrcfile.new(d / "complex.mrc") as mrc:
         mrc.set_data((noise + 1j * noise).astype(np.complex64))
@@ -128,14 +129,20 @@ def test_pretrain_numbers(env, iterations, seed, words) -> None:
     assert words in _errors(pretrain)
 
 
-def test_unknown_voxel_size_is_a_warning(env) -> None:
+def test_a_header_voxel_size_other_than_scipions_is_a_warning(env) -> None:
+    """The engine is given Scipion's sampling rate (10 Å/px here): a header that says 1 Å
+    is only a warning, and a header without a voxel size not even that."""
     from sasi_scipion.protocols import ProtSaSiPretrain
 
     project, d = env
     pretrain = project.newProtocol(ProtSaSiPretrain, useGpu=False)
-    pretrain.inputTomograms.set(_tomograms(d, [("unknown.mrc", "t1")], "unknown"))
+    pretrain.inputTomograms.set(_tomograms(d, [("one_angstrom.mrc", "t1")], "one_angstrom"))
     assert pretrain.validate() == []
-    assert "holds no voxel size" in " ".join(pretrain.warnings())
+    assert ("the header says 1.000 Å per voxel, the sampling rate in Scipion says 10.000 Å"
+            in " ".join(pretrain.warnings()))
+    for name in ("unknown.mrc", "a.mrc"):  # controls: no header size, the same size
+        pretrain.inputTomograms.set(_tomograms(d, [(name, "t1")], name))
+        assert pretrain.validate() == [] and pretrain.warnings() == []
 
 
 @pytest.mark.parametrize("name, words", [("none.pt", "is missing"), ("cut.pt", "truncated"),
