@@ -4,6 +4,10 @@ SASI_ENV_ACTIVATION = "SASI_ENV_ACTIVATION"
 """Plugin variable: shell command that activates a separate environment holding the
 ``sasi`` command (for example ``source /opt/sasi/bin/activate``). Empty (default):
 run ``sasi`` from Scipion's own environment."""
+SASI_ENGINE_SOURCE = "SASI_ENGINE_SOURCE"
+"""Plugin variable: the sasi-scipion source tree or wheel that ``scipion3 installb
+sasi-engine`` installs (with its ``engine`` extra). Empty (default): the source tree
+this plugin runs from, when it is one (an editable install)."""
 SASI_ENV_NAME = "sasi-engine"
 """Name of the optional separate environment that ``defineBinaries`` can install."""
 SASI_DEFAULT_VERSION = "0.1.0"

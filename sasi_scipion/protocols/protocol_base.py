@@ -15,7 +15,7 @@ from pyworkflow.object import String
 from tomo.protocols import ProtTomoBase
 
 from .. import Plugin
-from ..constants import OUTPUT_MODEL
+from ..constants import OUTPUT_MODEL, SASI_ENV_ACTIVATION
 from ..convert import tomograms_by_tsid
 from ..engine.defaults import BATCH_SIZE, WINDOW
 from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
@@ -88,6 +88,18 @@ def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
         if warning:
             warnings.append(f"{warning}.")
     return errors, warnings
+
+
+def engine_problems() -> list[str]:
+    """An error when no ``sasi`` can run: no ``SASI_ENV_ACTIVATION`` and no torch in this
+    (Scipion's) environment."""
+    if (Plugin.getVar(SASI_ENV_ACTIVATION) or "").strip() \
+            or importlib.util.find_spec("torch") is not None:
+        return []
+    return [f"The SaSi engine (torch) is not installed in Scipion's environment: set "
+            f"{SASI_ENV_ACTIVATION} to the activation of the environment that holds it "
+            "('scipion3 installb sasi-engine' makes one), or install sasi-scipion[engine] "
+            "here (docs/deployment.md)."]
 
 
 def run_number_problems(iterations: int, seed: int) -> list[str]:

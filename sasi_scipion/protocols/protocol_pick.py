@@ -17,6 +17,7 @@ from ..engine.defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
 from .protocol_base import (
     ProtSaSiBase,
+    engine_problems,
     model_file_problem,
     tomogram_path,
     tomogram_problems,
@@ -167,7 +168,7 @@ class ProtSaSiPick(ProtSaSiBase):
                     f"{model.getVoxelSize():.2f} Å/px or train a model at {rate:.2f} Å/px.")
         if not self.useModelCutoffs.get() and not 0.0 <= self.minScore.get() <= 1.0:
             errors.append("Minimum score must lie between 0 and 1.")
-        return errors
+        return engine_problems() + errors
 
     def _warnings(self) -> list[str]:
         return self._tomogramWarnings([self.inputTomograms.get()])

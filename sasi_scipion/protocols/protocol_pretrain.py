@@ -9,6 +9,7 @@ from ..constants import OUTPUT_MODEL
 from ..engine.defaults import BACKBONE_NAMES
 from .protocol_base import (
     ProtSaSiModelBase,
+    engine_problems,
     run_number_problems,
     tomogram_path,
     tomogram_problems,
@@ -66,7 +67,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         else:
             errors += tomogram_problems(tomograms)[0]
         errors += run_number_problems(self.iterations.get(), self.seed.get())
-        return errors + self._validateGpus()
+        return engine_problems() + errors + self._validateGpus()
 
     def _warnings(self) -> list[str]:
         return self._tomogramWarnings([self.inputTomograms.get()])

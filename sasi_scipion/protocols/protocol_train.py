@@ -17,6 +17,7 @@ from ..objects import SaSiModel
 from .protocol_base import (
     WINDOW,
     ProtSaSiModelBase,
+    engine_problems,
     model_file_problem,
     run_number_problems,
     tomogram_path,
@@ -246,7 +247,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         errors += self._validatePretrained(tomograms.getSamplingRate())
         errors += self._validateGpus()
         errors += run_number_problems(self.iterations.get(), self.seed.get())
-        return errors
+        return engine_problems() + errors
 
     def _validatePretrained(self, sampling_rate: float) -> list[str]:
         model = self.pretrainedModel.get()

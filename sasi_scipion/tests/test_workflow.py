@@ -1,7 +1,8 @@
 """A short SaSi workflow in a Scipion project, as ``scipion3 tests`` runs it:
 import tomograms whose headers say 1 Å per voxel at 10 Å/px, import a few labels of
 two classes and the truth, train (a few iterations), pick, evaluate against the
-truth given in a non-alphabetical class order, export one class's picks.
+truth given in a non-alphabetical class order, export one class's picks with tomo's
+export protocol and import them back as the next step of a pipeline would.
 
 Torch-free itself (the data come from :mod:`sasi_scipion.tests.data`), so it runs in
 a lean Scipion environment whose ``sasi`` lives elsewhere (``SASI_ENV_ACTIVATION``).
@@ -68,6 +69,11 @@ class TestSaSiWorkflow(BaseTest):
         cls.evaluate = cls._launch(evaluate, "sasi evaluate")
         cls.export = cls._run(export_coords, "export ribosome",
                               inputCoordinates=cls.classSet("ribosome"), outputFormat=0)
+        cls.reimported = cls._run(import_coords, "import exported ribosome", importFrom=1,
+                                  filesPath=str(Path(cls.export._getExportPath()).resolve()),
+                                  filesPattern="*.txt",
+                                  boxSize=cls.classSet("ribosome").getBoxSize(),
+                                  importTomograms=cls.tomograms).outputCoordinates
 
     @classmethod
     def _run(cls, protocol_class: type, label: str, **params):
@@ -143,14 +149,20 @@ class TestSaSiWorkflow(BaseTest):
                          getattr(self.pick, OUTPUT_COORDINATES).getSize())
 
     def test_export_keeps_one_class_in_place(self) -> None:
+        """The text export (whole voxels, no sampling rate in the files) and the set
+        imported back from it: same particles, positions and sampling rate."""
         picks = self.classSet("ribosome")
+        self.assertEqual(self.reimported.getSize(), picks.getSize())
+        self.assertAlmostEqual(self.reimported.getSamplingRate(), picks.getSamplingRate())
         for ts_id, tomo in tomograms_by_tsid(self.tomograms).items():
-            expected = [c.getPosition(tomo_const.BOTTOM_LEFT_CORNER)
-                        for c in picks.iterCoordinates(volume=tomo)]
+            expected = np.trunc(np.array([c.getPosition(tomo_const.BOTTOM_LEFT_CORNER)
+                                          for c in picks.iterCoordinates(volume=tomo)]))
             path = Path(self.export._getExportPath(f"{ts_id}.txt"))
-            if not expected:
+            if not len(expected):
                 self.assertFalse(path.exists())
                 continue
             exported = np.loadtxt(path, ndmin=2)
-            np.testing.assert_allclose(np.sort(exported, axis=0),
-                                       np.sort(np.trunc(np.array(expected)), axis=0))
+            np.testing.assert_allclose(np.sort(exported, axis=0), np.sort(expected, axis=0))
+            back = coordinate_table(self.reimported, tomo, 1.0, lambda c: "ribosome")
+            np.testing.assert_allclose(np.sort(back.xyz, axis=0), np.sort(expected, axis=0),
+                                       atol=1e-3)
