@@ -35,7 +35,8 @@ class ProtSaSiPick(ProtSaSiBase):
     """SaSi picking: segments each tomogram with a trained model and places one
     particle per connected component of each class, with a score (mean class
     probability). One step per tomogram: with several threads, GPUs or queue slots
-    the tomograms are picked in parallel and the output grows as they finish."""
+    the tomograms are picked in parallel and the outputs grow as they finish: every
+    class in output3DCoordinates, and each class in outputCoordinates_<class>."""
 
     _label = "pick"
     _possibleOutputs = {OUTPUT_COORDINATES: SetOfCoordinates3D}
@@ -153,6 +154,11 @@ class ProtSaSiPick(ProtSaSiBase):
             errors.append("The model is only pre-trained and knows no particle class: train "
                           "it with 'sasi - train' (as its pre-trained model) and pick with "
                           "the trained model.")
+        outputs = self.classOutputs()
+        if len(set(outputs.values())) < len(outputs):
+            errors.append(f"The model's classes {', '.join(outputs)} give two outputs the "
+                          "same name (letters, digits and _ are kept): train with class "
+                          "names that differ in those.")
         problem = model_file_problem(model.getPath())
         if not os.path.exists(model.getPath()):
             errors.append(f"The model file {model.getPath()} is missing: re-run the training "

@@ -262,3 +262,20 @@ def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
     collapsed.setFromMetadata({**card, "settings": {"ssl_collapsed_at": 27}})
     assert collapsed.getSslCollapsedAt() == 27
     assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
+
+
+def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
+    """``outputCoordinates_<class>`` keeps letters, digits and _ only: 'a.b' and 'a_b'
+    would be one output."""
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], "pick_output_names"))
+    for classes, refused in ((["a.b", "a_b"], True), (["a.b", "c"], False)):  # and a control
+        model = SaSiModel(path=str(d / "model.pt"))
+        model.setFromMetadata({"classes": classes, "radii": [3, 3], "voxel_size": 10.0,
+                               "window": 24, "arch": "deepfinder", "pretrained_only": False})
+        pick.inputModel.set(model)
+        assert ("give two outputs the same name" in _errors(pick)) is refused
