@@ -2,7 +2,7 @@
 
 SASI_ENV_ACTIVATION = "SASI_ENV_ACTIVATION"
 """Plugin variable: shell command that activates a separate environment holding the
-``sasi`` command (for example ``source /opt/sasi/bin/activate``). Empty (default):
+``sasi`` command (for example ``. /opt/sasi/bin/activate``). Empty (default):
 run ``sasi`` from Scipion's own environment."""
 SASI_ENGINE_SOURCE = "SASI_ENGINE_SOURCE"
 """Plugin variable: the sasi-scipion source tree or wheel that ``scipion3 installb

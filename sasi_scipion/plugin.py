@@ -29,7 +29,7 @@ class Plugin(pwem.Plugin):
         cls._defineVar(
             SASI_ENV_ACTIVATION, "",
             description="Shell command activating a separate environment that holds the "
-                        "'sasi' command (e.g. 'source /opt/sasi/bin/activate' or "
+                        "'sasi' command (e.g. '. /opt/sasi/bin/activate' or "
                         "'conda activate sasi'). Empty: use Scipion's own environment.")
         cls._defineVar(
             SASI_ENGINE_SOURCE, "",
@@ -48,8 +48,12 @@ class Plugin(pwem.Plugin):
     @classmethod
     def getSasiProgram(cls) -> str:
         """The program part of a ``runJob`` call: ``sasi`` of this environment, or
-        ``<activation> && sasi`` when ``SASI_ENV_ACTIVATION`` is set."""
+        ``<activation> && sasi`` when ``SASI_ENV_ACTIVATION`` is set. ``runJob`` runs
+        commands with ``/bin/sh``, which on Debian and Ubuntu (dash) has no ``source``:
+        a leading ``source`` becomes POSIX ``.``, which does the same."""
         activation = (cls.getVar(SASI_ENV_ACTIVATION) or "").strip()
+        if activation.startswith("source "):
+            activation = ". " + activation[len("source "):].lstrip()
         if activation:
             return f"{activation} && sasi"
         local = os.path.join(os.path.dirname(sys.executable), "sasi")

@@ -99,7 +99,7 @@ def test_lean_scipion_runs_the_workflow_with_the_separate_engine(lean_env, engin
         "SCIPION_HOSTS": str(tmp_path / "config" / "hosts.conf"),
         "SCIPION_PYTHON": str(lean_env / "bin" / "python"), "SCIPION_TEST_NOSYNC": "1",
         "SCIPION_NOTIFY": "False", "PATH": f"{lean_env}/bin{os.pathsep}{env['PATH']}",
-        SASI_ENV_ACTIVATION: f"source {engine_env}/bin/activate",
+        SASI_ENV_ACTIVATION: f"source {engine_env}/bin/activate",  # as sites write it
     })
     run = subprocess.run([str(lean_env / "bin" / "python"), "-m",
                           "pyworkflow.apps.pw_run_tests", WORKFLOW_TEST],
@@ -109,4 +109,4 @@ def test_lean_scipion_runs_the_workflow_with_the_separate_engine(lean_env, engin
     assert run.returncode == 0, output[-4000:]
     logs = "".join(p.read_text(errors="replace")
                    for p in (tmp_path / "data").rglob("Runs/*ProtSaSiTrain/logs/run.stdout"))
-    assert f"source {engine_env}/bin/activate && " in logs
+    assert f". {engine_env}/bin/activate && " in logs  # runJob's /bin/sh may lack source
