@@ -5,6 +5,9 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+ENGINE = ["torch>=2.0", "connected-components-3d>=3.10"]
+"""What the engine (the ``sasi`` command) needs on top of the plugin: not needed in
+Scipion's environment when the engine runs from its own (``SASI_ENV_ACTIVATION``)."""
 
 setup(
     name="sasi-scipion",
@@ -20,11 +23,9 @@ setup(
     packages=find_packages(include=["sasi_scipion", "sasi_scipion.*"]),
     package_data={"sasi_scipion": ["protocols.conf", "*.png"]},
     include_package_data=True,
-    install_requires=[
+    install_requires=[  # the plugin, torch-free
         "numpy>=1.21",
-        "torch>=2.0",
         "mrcfile>=1.4",
-        "connected-components-3d>=3.10",
         "scipion-pyworkflow>=3.10",
         "scipion-em>=3.10",
         "scipion-em-tomo>=3.10",
@@ -32,7 +33,8 @@ setup(
         "starfile>=0.5",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "engine": ENGINE,
+        "test": [*ENGINE, "pytest>=7", "ruff>=0.4"],
         "bench": ["monai>=1.3"],
     },
     entry_points={

@@ -2,8 +2,12 @@
 
 SASI_ENV_ACTIVATION = "SASI_ENV_ACTIVATION"
 """Plugin variable: shell command that activates a separate environment holding the
-``sasi`` command (for example ``source /opt/sasi/bin/activate``). Empty (default):
+``sasi`` command (for example ``. /opt/sasi/bin/activate``). Empty (default):
 run ``sasi`` from Scipion's own environment."""
+SASI_ENGINE_SOURCE = "SASI_ENGINE_SOURCE"
+"""Plugin variable: the sasi-scipion source tree or wheel that ``scipion3 installb
+sasi-engine`` installs (with its ``engine`` extra). Empty (default): the source tree
+this plugin runs from, when it is one (an editable install)."""
 SASI_ENV_NAME = "sasi-engine"
 """Name of the optional separate environment that ``defineBinaries`` can install."""
 SASI_DEFAULT_VERSION = "0.1.0"
@@ -15,3 +19,6 @@ LABELS_SUFFIX = "_labels.tsv"
 
 OUTPUT_MODEL = "outputModel"
 OUTPUT_COORDINATES = "output3DCoordinates"
+"""Pick's output holding every class's picks (group id = 1-based class index)."""
+CLASS_OUTPUT_PREFIX = "outputCoordinates_"
+"""Pick's per-class outputs are ``outputCoordinates_<class>``."""

@@ -10,7 +10,8 @@ Tomograms are matched to coordinates by ``tsId``, never by file name or id.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Collection, Iterable
 
 import numpy as np
 from tomo import constants as tomo_const
@@ -78,20 +79,32 @@ def write_table(path: str | os.PathLike, table: ParticleTable) -> None:
     write_particles(path, table)
 
 
+def class_output_name(prefix: str, class_name: str) -> str:
+    """The output attribute of one class's picks: ``prefix`` and the class name with
+    every character other than a letter, digit or ``_`` replaced by ``_`` (pyworkflow
+    reads a ``.`` in an output name as an attribute path)."""
+    return prefix + re.sub(r"\W", "_", class_name, flags=re.ASCII)
+
+
 def add_picks(output: SetOfCoordinates3D, tomo: Tomogram, picks_path: str | os.PathLike,
-              group_ids: dict[str, int]) -> int:
+              group_ids: dict[str, int], classes: Collection[str] | None = None) -> int:
     """Append the picks of one engine file to ``output``; return how many.
 
     Positions are voxels of ``tomo`` from its first voxel; the group id is the
     class's 1-based index, the score the engine's mean class probability.
+    ``classes``: only picks of these classes (``None``: all).
     """
     picks = read_particles(picks_path, allow_empty=True)
     scores: Iterable[float] = picks.scores if picks.scores is not None else [0.0] * len(picks)
+    count = 0
     for (x, y, z), name, score in zip(picks.xyz, picks.classes, scores):
+        if classes is not None and str(name) not in classes:
+            continue
         coord = Coordinate3D()
         coord.setVolume(tomo)
         coord.setPosition(float(x), float(y), float(z), tomo_const.BOTTOM_LEFT_CORNER)
         coord.setGroupId(group_ids[str(name)])
         coord.setScore(float(score))
         output.append(coord)
-    return len(picks)
+        count += 1
+    return count

@@ -23,6 +23,7 @@ import torch
 
 from . import ENGINE_VERSION
 from .atomic import atomic_output, check_outputs
+from .defaults import SSL_AUTO, SSL_SCHEDULES, UNSCORED_CLASSES
 from .errors import ERROR_FILE_VARIABLE, SasiInputError
 from .formats import (
     DEFAULT_CLASS,
@@ -36,7 +37,7 @@ from .formats import (
     write_coordinates,
 )
 from .inference import PRECISIONS
-from .limits import BACKGROUND_CLASS, finite_problem, split_class_value
+from .limits import BACKGROUND_CLASS, finite_problem, split_class_value, voxel_size_problem
 from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
 from .model_file import read_model_file, sidecar_paths
 from .mrc_io import inspect_mrc, read_volume
@@ -44,7 +45,7 @@ from .picking import PICK_MODES, pick_tomogram
 from .postprocess import COMPONENT_MODES, DEFAULT_COMPONENTS
 from .progress import ProgressLog
 from .runtime import describe_runtime
-from .training import SSL_SCHEDULES, TrainingSettings
+from .training import TrainingSettings
 from .training_data import class_radii, parse_radii
 
 EXIT_BAD_INPUT = 2
@@ -103,6 +104,13 @@ def _device_option(parser: argparse.ArgumentParser) -> None:
                         help="auto (first visible GPU, else CPU), cpu, cuda or cuda:N")
 
 
+def _voxel_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voxel-size", type=float, metavar="A",
+                        help="Å per voxel of the tomograms, used instead of their MRC "
+                             "headers' (a warning when a header disagrees); the Scipion "
+                             "protocols pass the tomograms' sampling rate")
+
+
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     parser.add_argument("--iterations", type=_positive_int,
@@ -131,6 +139,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
                         help="continue from the checkpoint OUT.ckpt of an interrupted run of "
                              "the same command (bit-identical result on the same machine); "
                              "without a checkpoint, start afresh")
+    _voxel_size_option(parser)
     _device_option(parser)
 
 
@@ -216,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrained", help="model file from 'sasi pretrain' to start from")
     train.add_argument("--no-infill", action="store_true", help="no Volume Infill")
     train.add_argument("--no-consistency", action="store_true", help="no consistency guidance")
-    train.add_argument("--ssl", choices=("auto", *SSL_SCHEDULES), default="auto",
+    train.add_argument("--ssl", choices=(SSL_AUTO, *SSL_SCHEDULES), default=SSL_AUTO,
                        help="SimCLR schedule (auto: iss, or none with --pretrained)")
     _training_options(train)
 
@@ -239,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
     _invert_contrast_option(pick)
+    _voxel_size_option(pick)
     _device_option(pick)
 
     ev = sub.add_parser("evaluate", help="precision, recall and F1 of picks against the truth")
@@ -301,7 +311,7 @@ def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | N
     check_training_args(args, pretrain=args.command == "pretrain")
     if args.command == "train":  # so that bad labels end with status 2, not torchrun's 1
         with contextlib.redirect_stderr(io.StringIO()):  # the workers print the warnings
-            plan_labels(args.tomogram, args.coords, args.radius, WINDOW)
+            plan_labels(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
     if args.batch_size % args.processes:
         raise SasiInputError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"--processes {args.processes}: use a multiple of {args.processes}")
@@ -319,14 +329,15 @@ def _run_pick(args: argparse.Namespace) -> None:
     out = Path(args.out)
     fmt = _output_format("--out", out, args.format)
     problem = (finite_problem("--min-score", args.min_score, 0.0, 1.0)
-               if args.min_score is not None else None)
+               if args.min_score is not None else None) or voxel_size_problem(args.voxel_size)
     if problem:
         raise SasiInputError(problem)
     log_path = out.with_suffix(".log.jsonl")
     check_outputs([("--out", out), ("--out", log_path)],
                   [("--model", args.model), ("--tomogram", args.tomogram)])
-    reference = tomogram_reference(args.tomogram, fix="set the pixel size in its header "
-                                                      "or write --format tsv")
+    reference = tomogram_reference(args.tomogram, args.voxel_size,
+                                   fix="set the pixel size in its header, give --voxel-size "
+                                       "or write --format tsv")
     check_reference(out, fmt, reference)
     if fmt == "copick":  # one class per file: refuse before picking, not after
         check_classes(out, fmt, read_model_file(args.model)[0].classes)
@@ -339,7 +350,7 @@ def _run_pick(args: argparse.Namespace) -> None:
 
         picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
                               args.precision, progress=report, components=args.components,
-                              invert_contrast=args.invert_contrast)
+                              invert_contrast=args.invert_contrast, voxel_size=args.voxel_size)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)
@@ -377,7 +388,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         radii = {**dict(zip(meta.classes, meta.radii)), **radii}
     names = sorted(set(truth.class_names))
     truth_radii = dict(zip(names, class_radii(names, radii, 10**6))) if radii else None
-    unscored = args.unscored if args.unscored is not None else ("4V94", "vesicle")
+    unscored = args.unscored if args.unscored is not None else UNSCORED_CLASSES
     if args.occupancy:
         occupancy = read_volume(args.occupancy, check_values=False).data.astype("int64")
         result = evaluate_occupancy(picks, truth, occupancy, unscored=unscored)

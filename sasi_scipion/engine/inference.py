@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from .defaults import PRECISIONS
 from .postprocess import Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
@@ -40,7 +41,6 @@ MAX_TILE_VOXELS = {"cpu": 8_000_000, "cuda": 16_000_000}
 DECODE_SHARE = 2
 """A tile's core is decoded in parts of at most ``max_tile_voxels / DECODE_SHARE``
 voxels: per voxel the decoder needs about twice the encoder's memory."""
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _use_all_cpus(device: torch.device) -> None:

@@ -79,6 +79,14 @@ def finite_problem(option: str, value: float, low: float, high: float = math.inf
     return f"{option} {value:g}: give a finite number {bounds}"
 
 
+def voxel_size_problem(voxel_size: float | None) -> str | None:
+    """Why ``voxel_size`` (Å per voxel, ``--voxel-size``; ``None``: not given) cannot be
+    a tomogram's voxel size; ``None`` when it can."""
+    if voxel_size is None:
+        return None
+    return finite_problem("--voxel-size", voxel_size, 0.0, low_open=True)
+
+
 def split_class_value(spec: str) -> tuple[str, float]:
     """``CLASS=V`` (or a bare ``V``) as ``(CLASS or "", V)``; V is NaN when it is not
     a number, so the caller's range check refuses it with its own message."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .coordinates import ParticleTable
+from .defaults import UNSCORED_CLASSES
 from .errors import SasiInputError
 
 OCCUPANCY_RULE = "shrec2021-occupancy"
@@ -259,7 +260,7 @@ def evaluate_occupancy(
     picks: ParticleTable,
     truth: ParticleTable,
     occupancy: np.ndarray,
-    unscored: Sequence[str] = ("4V94", "vesicle"),
+    unscored: Sequence[str] = UNSCORED_CLASSES,
 ) -> Evaluation:
     """Score ``picks`` with the SHREC 2021 localization rule.
 

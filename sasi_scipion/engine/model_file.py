@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import warnings
-import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,14 @@ from . import ENGINE_VERSION
 from .atomic import atomic_output
 from .contrast import CONTRASTS
 from .errors import SasiModelFormatError
+from .model_card import (
+    FORMAT,
+    FORMAT_VERSION,
+    WRITTEN_BY_SASI,
+    archive_problem,
+    sidecar_paths,
+)
 from .models import BACKBONES, build_backbone
-
-FORMAT = "sasi-model"
-FORMAT_VERSION = 1
-ZIP_MAGIC = b"PK\x03\x04"
-"""First bytes of the zip archive that ``torch.save`` writes."""
-WRITTEN_BY_SASI = "give a .pt written by 'sasi train' or 'sasi pretrain'"
 
 
 @dataclass
@@ -82,12 +82,6 @@ class ModelMetadata:
         return len(self.classes) + 1 if self.classes else 2
 
 
-def sidecar_paths(model_path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.json, <stem>.log.jsonl)`` beside a model path ``<stem>.pt``."""
-    path = Path(model_path)
-    return path.with_suffix(".json"), path.with_suffix(".log.jsonl")
-
-
 def save_model(path: str | os.PathLike, model: nn.Module, meta: ModelMetadata) -> None:
     """Write the model file and its JSON sidecar atomically."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(meta),
@@ -117,15 +111,8 @@ def load_safely(path: str | os.PathLike, what: str, fix: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise SasiModelFormatError(f"{path}: no such {what}; check the path")
-    with open(path, "rb") as handle:
-        magic = handle.read(len(ZIP_MAGIC))
-    if not magic:
-        reason = "the file is empty"
-    elif magic != ZIP_MAGIC:
-        reason = "not a PyTorch archive"
-    elif not zipfile.is_zipfile(path):
-        reason = "the archive is truncated or damaged"
-    else:
+    reason = archive_problem(path)
+    if reason is None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

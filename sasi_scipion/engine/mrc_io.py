@@ -25,10 +25,9 @@ import mrcfile
 import numpy as np
 
 from .atomic import atomic_output
+from .defaults import VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 
-VOXEL_SIZE_TOLERANCE = 0.01
-"""Relative difference of voxel sizes still taken as equal."""
 REAL_MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
 """MRC data modes the engine reads (int8, int16, float32, uint16, float16): bytes per voxel."""
 COMPLEX_MODES = (3, 4)
@@ -218,15 +217,43 @@ def unknown_voxel_size_warning(path: str | os.PathLike) -> str:
             "set the pixel size in its header")
 
 
-def read_tomogram(path: str | os.PathLike, window: int) -> Volume:
+def header_disagrees_warning(path: str | os.PathLike, header: float | None, given: float,
+                             source: str = "--voxel-size") -> str | None:
+    """The warning for a tomogram whose header voxel size ``header`` (Å, ``None``:
+    none) differs from the voxel size ``given`` by ``source`` (Å); ``None`` when they
+    agree within :data:`VOXEL_SIZE_TOLERANCE` or the header holds none."""
+    if header is None or abs(header - given) <= VOXEL_SIZE_TOLERANCE * given:
+        return None
+    return (f"{path}: the header says {header:.3f} Å per voxel, {source} says "
+            f"{given:.3f} Å; using {given:.3f} Å (fix the header to silence this)")
+
+
+def tomogram_voxel_size(path: str | os.PathLike, header: float | None,
+                        given: float | None) -> float | None:
+    """The voxel size (Å) to work with for a tomogram: ``given`` (``--voxel-size``, the
+    Scipion protocols' sampling rate) when there is one, with a warning on stderr when
+    the header disagrees; else the header's (``None``: unknown)."""
+    if given is None:
+        return header
+    warning = header_disagrees_warning(path, header, given)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return given
+
+
+def read_tomogram(path: str | os.PathLike, window: int,
+                  voxel_size: float | None = None) -> Volume:
     """:func:`read_volume` for a tomogram the network works on: refuses one smaller
-    than ``window`` and warns on stderr when its voxel size is unknown."""
+    than ``window``. Its voxel size is ``voxel_size`` (Å) when given, with a warning on
+    stderr when the header disagrees (:func:`tomogram_voxel_size`); else the header's,
+    with a warning when the header holds none."""
     volume = read_volume(path)
     problem = size_problem(path, volume.data.shape, window)
     if problem:
         raise SasiInputError(problem)
-    if volume.voxel_size is None:
+    if voxel_size is None and volume.voxel_size is None:
         print(f"warning: {unknown_voxel_size_warning(path)}", file=sys.stderr)
+    volume.voxel_size = tomogram_voxel_size(path, volume.voxel_size, voxel_size)
     return volume
 
 

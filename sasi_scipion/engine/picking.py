@@ -12,15 +12,14 @@ from torch import nn
 
 from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
+from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .inference import segment_sliding, segment_tiled
 from .model_file import ModelMetadata, load_model
-from .mrc_io import VOXEL_SIZE_TOLERANCE, read_tomogram
+from .mrc_io import read_tomogram
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
 from .thresholds import score_cutoffs
-
-PICK_MODES = ("tiled", "sliding")
 
 
 def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,
@@ -58,15 +57,17 @@ def segment_tomogram(
     precision: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     invert_contrast: bool = False,
+    voxel_size: float | None = None,
 ) -> tuple[Segmentation, ModelMetadata]:
     """Segment a tomogram (argmax class and its probability per voxel); with
     ``invert_contrast``, of the negated normalised tomogram. Warns on stderr when the
     tomogram, so prepared, looks inverted relative to the model
-    (``contrast.inversion_warning``)."""
+    (``contrast.inversion_warning``). Its voxel size is ``voxel_size`` (Å,
+    ``--voxel-size``) when given, else its header's."""
     if mode not in PICK_MODES:
         raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
     model, meta = load_model(model_path, device)
-    volume = read_tomogram(tomogram_path, meta.window)
+    volume = read_tomogram(tomogram_path, meta.window, voxel_size)
     check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
     data = normalise(volume.data)
     del volume
@@ -101,16 +102,17 @@ def pick_tomogram(
     progress: Callable[[int, int], None] | None = None,
     components: str = DEFAULT_COMPONENTS,
     invert_contrast: bool = False,
+    voxel_size: float | None = None,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
     cut-offs from its training labels (:func:`model_cutoffs`). ``invert_contrast``
     negates the tomogram first (protein bright here, dark in the training data, or
-    the reverse).
+    the reverse). ``voxel_size`` (Å) replaces the header's voxel size.
     """
     segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
-                                          progress, invert_contrast)
+                                          progress, invert_contrast, voxel_size)
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                              components=components)

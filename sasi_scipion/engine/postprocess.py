@@ -37,6 +37,7 @@ import torch
 from torch.nn import functional
 
 from .coordinates import ParticleTable
+from .defaults import COMPONENT_MODES, DEFAULT_COMPONENTS
 
 MIN_SIZE_FRACTION = 0.25
 """Default smallest component kept, relative to the class sphere volume."""
@@ -44,10 +45,6 @@ SPLIT_FACTOR = 1.6
 """A component holding more than this many sphere volumes is split."""
 
 
-COMPONENT_MODES = ("argmax", "foreground", "peaks")
-"""How voxels are grouped into particles (see the module docstring)."""
-DEFAULT_COMPONENTS = "peaks"
-"""The component mode ``sasi pick`` uses unless told otherwise."""
 FOREGROUND_THRESHOLD = 0.5
 """With ``foreground`` components, a voxel belongs to a particle when its particle
 probability (one minus the background probability) exceeds this."""

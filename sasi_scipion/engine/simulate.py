@@ -46,7 +46,7 @@ operations are deterministic on the CPU):
     of the volume's central half, random normal). A bilayer is two 15 Å head-group
     leaflets at protein density about a 15 Å hydrocarbon core at solvent density (45 Å
     in all). The shell class is not called ``vesicle``: that name stays the unscored
-    *template* class of SHREC 2021 (``UNSCORED``).
+    *template* class of SHREC 2021 (``UNSCORED_CLASSES``).
   - ``junk``: irregular blobs, the union of 2-4 lumps inside a 20-30 Å radius (below
     every procedural particle's), at protein density, 6000 per µm³ (6 per 100³ voxels at
     10 Å), at least 10.
@@ -101,6 +101,7 @@ from torch.nn import functional
 
 from .atomic import atomic_output
 from .coordinates import ParticleTable, write_particles
+from .defaults import UNSCORED_CLASSES, VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .metrics import dilate_occupancy
 from .mrc_io import read_volume, write_volume
@@ -110,13 +111,11 @@ DEFAULT_SNR = 0.5
 an easy set for the demo and the tests. SHREC 2021-like data is near 0.1."""
 DEFAULT_FILL = 0.08
 OCCUPANCY_THRESHOLD = 0.1
-UNSCORED = ("4V94", "vesicle")
 TILT_RANGE_DEG = 60.0
 VOLTAGE_KV = 300.0
 DEFOCUS_A = 30000.0
 AMPLITUDE_CONTRAST = 0.1
 B_FACTOR_A2 = 100.0
-VOXEL_SIZE_TOLERANCE = 0.01
 EDGE_A = 7.0
 """Width (Å) of the sigmoid edge of every procedural shape and distractor."""
 EDGE_REACH = 6.0
@@ -711,7 +710,7 @@ def simulate_dataset(
         "fill": fill,
         "distractors": distractors,
         "templates": str(templates_dir) if templates_dir else "procedural",
-        "unscored": [n for n in UNSCORED if n in templates],
+        "unscored": [n for n in UNSCORED_CLASSES if n in templates],
         "tomograms": names,
     }
     with atomic_output(out / "dataset.json") as tmp:

@@ -17,10 +17,11 @@ from torch import nn
 from .atomic import atomic_output, check_outputs, remove_partials
 from .checkpoint import checkpoint_path, read_checkpoint, run_fingerprint, write_checkpoint
 from .contrast import contrast_skew, label_contrast
+from .defaults import DEFAULT_ITERATIONS, SSL_AUTO, WINDOW
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
-from .limits import finite_problem, iterations_problem, seed_problem
+from .limits import finite_problem, iterations_problem, seed_problem, voxel_size_problem
 from .model_file import ModelMetadata, build_network, read_model_file, save_model, sidecar_paths
 from .models import BACKBONES, build_backbone
 from .normalize import NORMALISATION
@@ -29,12 +30,6 @@ from .progress import ProgressLog
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
 from .training_data import check_tomograms, common_voxel_size, load_training_data, load_unlabelled
 
-WINDOW = 24
-DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
-"""Default budget per device type: 7 to 10 minutes on a 2-core CPU (0.7 s per
-float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
-Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
-on a GPU."""
 CHECKPOINT_INTERVAL_S = 180.0
 """Without ``--checkpoint-every``, a checkpoint after each 3 minutes of training, on
 whatever device: a killed run loses at most that much work."""
@@ -66,6 +61,7 @@ def check_training_args(args: argparse.Namespace, pretrain: bool) -> Path:
         or seed_problem(args.seed)
         or finite_problem("--learning-rate", args.learning_rate, 0.0, low_open=True)
         or finite_problem("--ema-decay", args.ema_decay, 0.0, 0.9999)
+        or voxel_size_problem(args.voxel_size)
     )
     if problem:
         raise SasiInputError(problem)
@@ -214,8 +210,9 @@ def _read_pretrained(path: str) -> tuple[ModelMetadata, dict[str, torch.Tensor]]
 
 def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: Replica) -> None:
     pre_meta, state = _read_pretrained(args.pretrained) if args.pretrained else (None, None)
-    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW)
-    extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled")
+    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
+    extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled",
+                                         args.voxel_size)
                          if args.unlabelled else ([], None))
     voxel_size = common_voxel_size([data.voxel_size, extra_size],
                                    ["the labelled tomograms", "the --unlabelled tomograms"])
@@ -224,7 +221,7 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
         common_voxel_size([voxel_size, pre_meta.voxel_size],
                           ["the tomograms", f"pre-trained model {args.pretrained}"])
         arch = pre_meta.arch
-    ssl = args.ssl if args.ssl != "auto" else ("none" if args.pretrained else "iss")
+    ssl = args.ssl if args.ssl != SSL_AUTO else ("none" if args.pretrained else "iss")
     settings = _settings(args, device, infill=not args.no_infill,
                          consistency=not args.no_consistency, ssl=ssl)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed only
@@ -269,7 +266,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace, out: Path, device: torch.device,
               replica: Replica) -> None:
-    volumes, voxel_size = load_unlabelled(args.tomogram, WINDOW)
+    volumes, voxel_size = load_unlabelled(args.tomogram, WINDOW, voxel_size=args.voxel_size)
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
     torch.manual_seed(args.seed)

@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .augment import center_crop, random_exact_transform
 from .checkpoint import evolving_state, restore_state
+from .defaults import BATCH_SIZE, WINDOW
 from .distributed import ALONE, Replica
 from .infill import volume_infill
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
@@ -39,7 +40,6 @@ from .progress import ProgressLog
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
 from .training_data import TrainingData
 
-SSL_SCHEDULES = ("iss", "pss", "none")
 COLLAPSE_STEPS = 20
 """SimCLR steps in a row at the collapse loss that count as a collapse."""
 COLLAPSE_TOLERANCE = 0.01
@@ -103,10 +103,10 @@ class TrainingSettings:
     """
 
     iterations: int
-    batch_size: int = 16
+    batch_size: int = BATCH_SIZE
     learning_rate: float = 1e-3
     ssl_learning_rate: float = 1e-4
-    window: int = 24
+    window: int = WINDOW
     infill: bool = True
     infill_fraction: float = 0.5
     consistency: bool = True

@@ -16,11 +16,12 @@ from .coordinates import (
     drop_outside,
     inside_volume,
 )
+from .defaults import VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .formats import Reference, read_coordinates
 from .limits import BACKGROUND_CLASS, radius_problem, split_class_value
 from .masks import sphere_label_volume
-from .mrc_io import VOXEL_SIZE_TOLERANCE, MrcInfo, inspect_mrc, read_tomogram, size_problem
+from .mrc_io import MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
 
 ANY_CLASS = "*"
@@ -122,9 +123,10 @@ def check_tomograms(given: Sequence[tuple[str, str]], window: int) -> list[MrcIn
     return infos
 
 
-def _reference(info: MrcInfo, tomogram: str) -> Reference:
-    """What the header of a labelled tomogram tells its coordinate file's format."""
-    return Reference(shape=info.shape, voxel_size=info.voxel_size,
+def _reference(info: MrcInfo, tomogram: str, voxel_size: float | None = None) -> Reference:
+    """What the header of a labelled tomogram (its voxel size replaced by ``voxel_size``,
+    Å, when given) tells its coordinate file's format."""
+    return Reference(shape=info.shape, voxel_size=voxel_size or info.voxel_size,
                      name=Path(tomogram).stem,
                      fix=f"set the pixel size in the header of {tomogram}")
 
@@ -150,9 +152,10 @@ class LabelPlan:
 
 def plan_labels(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int,
+    window: int, voxel_size: float | None = None,
 ) -> LabelPlan:
     """Check every labelled input from the tomograms' headers and the coordinate files.
+    ``voxel_size`` (Å, ``--voxel-size``) replaces the headers' voxel sizes.
 
     Raises:
         SasiInputError: unpaired files, a bad tomogram header, duplicate tomograms,
@@ -174,7 +177,7 @@ def plan_labels(
             f"{BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
         )
     infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    both = [drop_duplicates(read_coordinates(path, _reference(info, tomogram)), path)
+    both = [drop_duplicates(read_coordinates(path, _reference(info, tomogram, voxel_size)), path)
             for path, info, tomogram in zip(coords_paths, infos, tomogram_paths)]
     negatives = [table.subset(table.classes == BACKGROUND_CLASS) for table in both]
     read = [table.subset(table.classes != BACKGROUND_CLASS) for table in both]
@@ -210,7 +213,8 @@ def plan_labels(
         particles=tables,
         class_names=class_names,
         radii=class_radii(class_names, radii, window),
-        voxel_size=common_voxel_size([info.voxel_size for info in infos], list(tomogram_paths)),
+        voxel_size=voxel_size or common_voxel_size([info.voxel_size for info in infos],
+                                                   list(tomogram_paths)),
         negatives=[drop_outside(table, info.shape, f"{path} ({BACKGROUND_CLASS})")
                    for table, info, path in zip(negatives, infos, coords_paths)],
     )
@@ -218,12 +222,12 @@ def plan_labels(
 
 def load_training_data(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int,
+    window: int, voxel_size: float | None = None,
 ) -> TrainingData:
     """Check (``plan_labels``), read and label the training tomograms (one coordinate
-    file per tomogram)."""
-    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window)
-    raw = [read_tomogram(path, window).data for path in tomogram_paths]
+    file per tomogram); ``voxel_size`` (Å, ``--voxel-size``) replaces the headers'."""
+    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window, voxel_size)
+    raw = [read_tomogram(path, window, voxel_size).data for path in tomogram_paths]
     labels = [
         sphere_label_volume(data.shape, table, plan.class_names, plan.radii)
         for data, table in zip(raw, plan.particles)
@@ -239,11 +243,12 @@ def load_training_data(
     )
 
 
-def load_unlabelled(paths: Sequence[str], window: int,
-                    option: str = "--tomogram") -> tuple[list[np.ndarray], float | None]:
-    """Normalised tomograms for self-supervision, and their shared voxel size (Å)."""
+def load_unlabelled(paths: Sequence[str], window: int, option: str = "--tomogram",
+                    voxel_size: float | None = None) -> tuple[list[np.ndarray], float | None]:
+    """Normalised tomograms for self-supervision, and their shared voxel size (Å):
+    ``voxel_size`` (``--voxel-size``) when given, else the headers'."""
     if not paths:
         raise SasiInputError(f"no {option} given; give at least one tomogram")
     infos = check_tomograms([(option, path) for path in paths], window)
-    voxel_size = common_voxel_size([info.voxel_size for info in infos], list(paths))
-    return [normalise(read_tomogram(p, window).data) for p in paths], voxel_size
+    shared = voxel_size or common_voxel_size([info.voxel_size for info in infos], list(paths))
+    return [normalise(read_tomogram(p, window, voxel_size).data) for p in paths], shared

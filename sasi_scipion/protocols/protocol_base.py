@@ -4,7 +4,7 @@ turning its failures into readable protocol errors."""
 from __future__ import annotations
 
 import glob
-import json
+import importlib.util
 import os
 import shlex
 from collections.abc import Iterable, Sequence
@@ -15,20 +15,18 @@ from pyworkflow.object import String
 from tomo.protocols import ProtTomoBase
 
 from .. import Plugin
-from ..constants import OUTPUT_MODEL
+from ..constants import OUTPUT_MODEL, SASI_ENV_ACTIVATION
 from ..convert import tomograms_by_tsid
+from ..engine.defaults import BATCH_SIZE, WINDOW
 from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
 from ..engine.limits import MAX_ITERATIONS, MAX_SEED
-from ..engine.model_file import build_network, read_model_file
-from ..engine.mrc_io import inspect_mrc, size_problem, unknown_voxel_size_warning
-from ..engine.training import TrainingSettings
+from ..engine.model_card import read_model_card
+from ..engine.mrc_io import header_disagrees_warning, inspect_mrc, size_problem
 from ..gpu_presence import gpu_present
 from ..objects import SaSiModel
 
-BATCH_SIZE = TrainingSettings.batch_size
-"""Windows per training batch (the engine's default, the paper's value)."""
-WINDOW = TrainingSettings.window
-"""Edge of the engine's training window, voxels: tomograms and particles must fit it."""
+SAMPLING_RATE_SOURCE = "the sampling rate in Scipion"
+"""How warnings name the tomograms' sampling rate, the voxel size the engine is given."""
 LOG_TAIL_LINES = 12
 """Lines of a failed command's log quoted in the protocol's error message."""
 
@@ -43,20 +41,34 @@ def tomogram_path(tomo) -> str:
 
 
 def model_file_problem(path: str) -> str | None:
-    """The engine's one-line verdict on a model file that ``sasi`` would refuse (missing,
-    damaged, edited, not a SaSi model, weights that do not fit); ``None`` when usable."""
+    """The engine's one-line verdict on a model file that ``sasi`` would refuse; ``None``
+    when usable. Without torch in this environment (the engine in its own, see
+    ``SASI_ENV_ACTIVATION``): the file and its JSON side-car (missing, truncated, not a
+    SaSi model, a newer format, an unknown backbone). With torch, also the weights
+    (damaged, edited, not fitting the network), loading torch only now."""
     try:
-        meta, state = read_model_file(path)
-        build_network(meta, state, path)
+        read_model_card(path)
+        if importlib.util.find_spec("torch") is not None:
+            from ..engine.model_file import build_network, read_model_file
+
+            meta, state = read_model_file(path)
+            build_network(meta, state, path)
     except SasiInputError as error:
         return str(error)
     return None
 
 
+def voxel_size_arguments(tomograms) -> list[str]:
+    """``--voxel-size A``: the set's sampling rate (Å/px), which every ``sasi`` command
+    uses instead of the MRC headers' voxel size."""
+    return ["--voxel-size", repr(float(tomograms.getSamplingRate()))]
+
+
 def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` about a set of tomograms, from the files' headers: the
     engine's rules (tsIds present and distinct, a real-valued 3D volume at least a
-    window wide, a positive cubic voxel size; an unknown one is a warning)."""
+    window wide, a positive cubic voxel size in the header); a header voxel size other
+    than the set's sampling rate (which the engine is given) is a warning."""
     try:
         by_tsid = tomograms_by_tsid(tomograms)
     except ValueError as error:
@@ -72,9 +84,23 @@ def tomogram_problems(tomograms) -> tuple[list[str], list[str]]:
         problem = size_problem(path, info.shape, WINDOW)
         if problem:
             errors.append(f"{problem}.")
-        if info.voxel_size is None:
-            warnings.append(f"{unknown_voxel_size_warning(path)}.")
+        warning = header_disagrees_warning(path, info.voxel_size, tomograms.getSamplingRate(),
+                                           SAMPLING_RATE_SOURCE)
+        if warning:
+            warnings.append(f"{warning}.")
     return errors, warnings
+
+
+def engine_problems() -> list[str]:
+    """An error when no ``sasi`` can run: no ``SASI_ENV_ACTIVATION`` and no torch in this
+    (Scipion's) environment."""
+    if (Plugin.getVar(SASI_ENV_ACTIVATION) or "").strip() \
+            or importlib.util.find_spec("torch") is not None:
+        return []
+    return [f"The SaSi engine (torch) is not installed in Scipion's environment: set "
+            f"{SASI_ENV_ACTIVATION} to the activation of the environment that holds it "
+            "('scipion3 installb sasi-engine' makes one), or install sasi-scipion[engine] "
+            "here (docs/deployment.md)."]
 
 
 def run_number_problems(iterations: int, seed: int) -> list[str]:
@@ -257,10 +283,8 @@ class ProtSaSiModelBase(ProtSaSiBase):
     def defineModelOutput(self, sources: Sequence) -> None:
         """``outputModel`` from the model file's JSON side-car, derived from ``sources``."""
         path = self.modelPath.get()
-        with open(os.path.splitext(path)[0] + ".json") as handle:
-            card = json.load(handle)
         model = SaSiModel(path=path)
-        model.setFromMetadata(card)
+        model.setFromMetadata(read_model_card(path))
         self._defineOutputs(**{OUTPUT_MODEL: model})
         for source in sources:
             self._defineSourceRelation(source, model)

@@ -11,13 +11,18 @@ from pyworkflow.object import Set, String
 from pyworkflow.protocol import STEPS_PARALLEL
 from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
-from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
-from ..convert import add_picks, tomograms_by_tsid
-from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
+from ..constants import CLASS_OUTPUT_PREFIX, OUTPUT_COORDINATES, PICKS_SUFFIX
+from ..convert import add_picks, class_output_name, tomograms_by_tsid
+from ..engine.defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
-from .protocol_base import ProtSaSiBase, model_file_problem, tomogram_path, tomogram_problems
-
-MODES = ["tiled", "sliding"]
+from .protocol_base import (
+    ProtSaSiBase,
+    engine_problems,
+    model_file_problem,
+    tomogram_path,
+    tomogram_problems,
+    voxel_size_arguments,
+)
 
 
 def box_size(radii: list[float]) -> int:
@@ -30,7 +35,8 @@ class ProtSaSiPick(ProtSaSiBase):
     """SaSi picking: segments each tomogram with a trained model and places one
     particle per connected component of each class, with a score (mean class
     probability). One step per tomogram: with several threads, GPUs or queue slots
-    the tomograms are picked in parallel and the output grows as they finish."""
+    the tomograms are picked in parallel and the outputs grow as they finish: every
+    class in output3DCoordinates, and each class in outputCoordinates_<class>."""
 
     _label = "pick"
     _possibleOutputs = {OUTPUT_COORDINATES: SetOfCoordinates3D}
@@ -48,7 +54,7 @@ class ProtSaSiPick(ProtSaSiBase):
                       help="Tomograms at the sampling rate the model was trained at.")
         form.addParam("inputModel", params.PointerParam, pointerClass=SaSiModel,
                       label="Trained model", important=True,
-                      help="Output of 'sasi - train'.")
+                      help="Output of 'sasi_scipion - train'.")
         form.addParam("useModelCutoffs", params.BooleanParam, default=True,
                       label="Score cut-offs from the labels?",
                       help="Yes: drop picks scoring below the per-class cut-offs that "
@@ -64,7 +70,7 @@ class ProtSaSiPick(ProtSaSiBase):
                            "here when it was dark in the model's training tomograms (the "
                            "usual, and the simulator's), or the reverse. The pick log "
                            "warns when a tomogram looks inverted relative to the model.")
-        form.addParam("mode", params.EnumParam, choices=MODES, default=0,
+        form.addParam("mode", params.EnumParam, choices=list(PICK_MODES), default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
                            "24-voxel windows with stride 12 (slower reference).")
@@ -87,40 +93,59 @@ class ProtSaSiPick(ProtSaSiBase):
         tomo = tomograms_by_tsid(self.inputTomograms.get())[ts_id]
         self.runSasi(["pick", "--model", self.inputModel.get().getPath(),
                       "--tomogram", tomogram_path(tomo), "--out", self._picksPath(ts_id),
-                      "--mode", MODES[self.mode.get()],
+                      "--mode", PICK_MODES[self.mode.get()],
+                      *voxel_size_arguments(self.inputTomograms.get()),
                       *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())]),
                       *(["--invert-contrast"] if self.invertContrast.get() else [])])
 
+    def classOutputs(self) -> dict[str, str]:
+        """Output name per class of the model: ``outputCoordinates_<class>``."""
+        return {name: class_output_name(CLASS_OUTPUT_PREFIX, name)
+                for name in self.inputModel.get().getClassNames()}
+
     def registerStep(self, ts_id: str) -> None:
-        """Add one tomogram's picks to the output set (created on first use)."""
-        tomograms = self.inputTomograms.get()
-        tomo = tomograms_by_tsid(tomograms)[ts_id]
-        model = self.inputModel.get()
-        group_ids = {name: i + 1 for i, name in enumerate(model.getClassNames())}
+        """Add one tomogram's picks to the combined output and to each class's output
+        (each created on first use, so that all exist, possibly empty, from the first
+        tomogram on)."""
+        tomo = tomograms_by_tsid(self.inputTomograms.get())[ts_id]
+        group_ids = {name: i + 1 for i, name in enumerate(self.inputModel.get().getClassNames())}
+        targets = [(OUTPUT_COORDINATES, None)] + [
+            (output, {name}) for name, output in self.classOutputs().items()]
         with self._outputLock:
-            output = getattr(self, OUTPUT_COORDINATES, None)
-            if output is None:
-                output = self._createSetOfCoordinates3D(self.inputTomograms)
-                output.setSamplingRate(tomograms.getSamplingRate())
-                output.setBoxSize(box_size(model.getRadii()))
-                output.setStreamState(Set.STREAM_OPEN)
-                add_picks(output, tomo, self._picksPath(ts_id), group_ids)
-                output.write()  # creates the table even when this tomogram has no pick
-                self._defineOutputs(**{OUTPUT_COORDINATES: output})
-                self._defineSourceRelation(self.inputTomograms, output)
-                self._defineSourceRelation(self.inputModel, output)
-            else:
-                output.enableAppend()
-                add_picks(output, tomo, self._picksPath(ts_id), group_ids)
-                self._updateOutputSet(OUTPUT_COORDINATES, output, Set.STREAM_OPEN)
+            for output_name, classes in targets:
+                self._appendPicks(output_name, tomo, group_ids, classes)
             done = [t for t in self.pickedTsIds.get().split(",") if t] + [ts_id]
             self.pickedTsIds.set(",".join(done))
             self._store(self.pickedTsIds)
 
+    def _appendPicks(self, output_name: str, tomo, group_ids: dict[str, int],
+                     classes: set[str] | None) -> None:
+        """Append the picks of ``tomo`` (of ``classes`` only, ``None``: all) to the output
+        ``output_name``, creating it (stream open, sampling rate of the tomograms, box
+        size from the model's radii) when it does not exist yet."""
+        output = getattr(self, output_name, None)
+        picks_path = self._picksPath(tomo.getTsId())
+        if output is not None:
+            output.enableAppend()
+            add_picks(output, tomo, picks_path, group_ids, classes)
+            self._updateOutputSet(output_name, output, Set.STREAM_OPEN)
+            return
+        suffix = "" if classes is None else "_" + output_name[len(CLASS_OUTPUT_PREFIX):]
+        output = self._createSetOfCoordinates3D(self.inputTomograms, suffix)
+        output.setSamplingRate(self.inputTomograms.get().getSamplingRate())
+        output.setBoxSize(box_size(self.inputModel.get().getRadii()))
+        output.setStreamState(Set.STREAM_OPEN)
+        add_picks(output, tomo, picks_path, group_ids, classes)
+        output.write()  # creates the table even when this tomogram has no pick
+        self._defineOutputs(**{output_name: output})
+        self._defineSourceRelation(self.inputTomograms, output)
+        self._defineSourceRelation(self.inputModel, output)
+
     def closeOutputStep(self) -> None:
-        output = getattr(self, OUTPUT_COORDINATES)
-        output.enableAppend()
-        self._updateOutputSet(OUTPUT_COORDINATES, output, Set.STREAM_CLOSED)
+        for output_name in [OUTPUT_COORDINATES, *self.classOutputs().values()]:
+            output = getattr(self, output_name)
+            output.enableAppend()
+            self._updateOutputSet(output_name, output, Set.STREAM_CLOSED)
 
     # ---------------------------------------------------------- checks
     def _validate(self) -> list[str]:
@@ -131,11 +156,16 @@ class ProtSaSiPick(ProtSaSiBase):
         else:
             errors += tomogram_problems(tomograms)[0]
         if model is None:
-            return errors + ["Choose a trained model (output of 'sasi - train')."]
+            return errors + ["Choose a trained model (output of 'sasi_scipion - train')."]
         if model.isPretrainedOnly():
             errors.append("The model is only pre-trained and knows no particle class: train "
-                          "it with 'sasi - train' (as its pre-trained model) and pick with "
+                          "it with 'sasi_scipion - train' (as its pre-trained model) and pick with "
                           "the trained model.")
+        outputs = self.classOutputs()
+        if len(set(outputs.values())) < len(outputs):
+            errors.append(f"The model's classes {', '.join(outputs)} give two outputs the "
+                          "same name (letters, digits and _ are kept): train with class "
+                          "names that differ in those.")
         problem = model_file_problem(model.getPath())
         if not os.path.exists(model.getPath()):
             errors.append(f"The model file {model.getPath()} is missing: re-run the training "
@@ -151,7 +181,7 @@ class ProtSaSiPick(ProtSaSiBase):
                     f"{model.getVoxelSize():.2f} Å/px or train a model at {rate:.2f} Å/px.")
         if not self.useModelCutoffs.get() and not 0.0 <= self.minScore.get() <= 1.0:
             errors.append("Minimum score must lie between 0 and 1.")
-        return errors
+        return engine_problems() + errors
 
     def _warnings(self) -> list[str]:
         return self._tomogramWarnings([self.inputTomograms.get()])

@@ -6,19 +6,21 @@ import pyworkflow.protocol.params as params
 from tomo.objects import SetOfTomograms
 
 from ..constants import OUTPUT_MODEL
-from ..engine.models import BACKBONES
+from ..engine.defaults import BACKBONE_NAMES
 from .protocol_base import (
     ProtSaSiModelBase,
+    engine_problems,
     run_number_problems,
     tomogram_path,
     tomogram_problems,
+    voxel_size_arguments,
 )
 
 
 class ProtSaSiPretrain(ProtSaSiModelBase):
     """SaSi self-supervised pre-training: learns features of unlabelled tomograms with
     SimCLR (two augmented views of each sliding-grid window, NT-Xent loss). Feed the
-    result to 'sasi - train' as its pre-trained model."""
+    result to 'sasi_scipion - train' as its pre-trained model."""
 
     _label = "pretrain"
 
@@ -28,7 +30,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                       label="Tomograms", important=True,
                       help="Unlabelled tomograms, all at one sampling rate, like those you "
                            "will pick.")
-        form.addParam("arch", params.EnumParam, choices=list(BACKBONES), default=0,
+        form.addParam("arch", params.EnumParam, choices=list(BACKBONE_NAMES), default=0,
                       label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
                       help="Optimisation steps; 0 = the engine's default (600 on a CPU, "
@@ -45,8 +47,9 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         out = self._getExtraPath("pretrained.pt")
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
-        args = ["pretrain", "--out", out, "--arch", list(BACKBONES)[self.arch.get()],
-                "--seed", str(self.seed.get()), "--resume"]
+        args = ["pretrain", "--out", out, "--arch", list(BACKBONE_NAMES)[self.arch.get()],
+                "--seed", str(self.seed.get()), "--resume",
+                *voxel_size_arguments(self.inputTomograms.get())]
         for tomo in self.inputTomograms.get().iterItems():
             args += ["--tomogram", tomogram_path(tomo)]
         if self.iterations.get() > 0:
@@ -64,7 +67,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         else:
             errors += tomogram_problems(tomograms)[0]
         errors += run_number_problems(self.iterations.get(), self.seed.get())
-        return errors + self._validateGpus()
+        return engine_problems() + errors + self._validateGpus()
 
     def _warnings(self) -> list[str]:
         return self._tomogramWarnings([self.inputTomograms.get()])
@@ -78,5 +81,5 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                 *model.collapseWarning()]
 
     def _methods(self) -> list[str]:
-        return [f"A {list(BACKBONES)[self.arch.get()]} network was pre-trained with SimCLR on "
+        return [f"A {list(BACKBONE_NAMES)[self.arch.get()]} network was pre-trained with SimCLR on "
                 f"unlabelled tomograms as in SaSi [Adethya2025]."]

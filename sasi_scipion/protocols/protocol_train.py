@@ -11,23 +11,24 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
 from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
 from ..engine.coordinates import ParticleTable
+from ..engine.defaults import BACKBONE_NAMES, SSL_AUTO, SSL_SCHEDULES, VOXEL_SIZE_TOLERANCE
 from ..engine.limits import BACKGROUND_CLASS, radius_problem
-from ..engine.models import BACKBONES
-from ..engine.mrc_io import VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
 from .protocol_base import (
     WINDOW,
     ProtSaSiModelBase,
+    engine_problems,
     model_file_problem,
     run_number_problems,
     tomogram_path,
     tomogram_problems,
+    voxel_size_arguments,
 )
 
-SSL_CHOICES = ["auto", "iss", "pss", "none"]
+SSL_CHOICES = [SSL_AUTO, *SSL_SCHEDULES]
 
 
-def _clean_name(text: str) -> str:
+def clean_name(text: str) -> str:
     """A class name the engine's files can hold: no blanks or tabs."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text.strip()).strip("_") or "particle"
 
@@ -38,7 +39,7 @@ def set_label(pointer, fallback: str) -> str:
     coords = pointer.get()
     owner = pointer.getObjValue()
     label = coords.getObjLabel() or (owner.getObjLabel() if owner is not coords else "")
-    return _clean_name(label or fallback)
+    return clean_name(label or fallback)
 
 
 def classes_of_sets(pointers, prefix: str) -> list[tuple[int, int | None, str]]:
@@ -94,9 +95,9 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                            "value for all; empty: half the box size of each coordinate set.")
         form.addParam("pretrainedModel", params.PointerParam, pointerClass=SaSiModel,
                       allowsNull=True, label="Pre-trained model (optional)",
-                      help="Output of 'sasi - pretrain' (or a trained model to fine-tune).")
+                      help="Output of 'sasi_scipion - pretrain' (or a trained model to fine-tune).")
         form.addSection(label="Training")
-        form.addParam("arch", params.EnumParam, choices=list(BACKBONES), default=0,
+        form.addParam("arch", params.EnumParam, choices=list(BACKBONE_NAMES), default=0,
                       label="Network",
                       help="Backbone when no pre-trained model is given (a pre-trained model "
                            "brings its own): deepfinder, the SaSi paper's U-Net.")
@@ -135,7 +136,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         names = [n.strip() for n in self.classNames.get().split(",")] \
             if self.classNames.get().strip() else []
         if len(names) == len(plan):
-            plan = [(i, g, _clean_name(n)) for (i, g, _), n in zip(plan, names)]
+            plan = [(i, g, clean_name(n)) for (i, g, _), n in zip(plan, names)]
         return plan
 
     def _scale(self, coords: SetOfCoordinates3D) -> float:
@@ -186,8 +187,9 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
-                "--arch", list(BACKBONES)[self.arch.get()],
-                "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume"]
+                "--arch", list(BACKBONE_NAMES)[self.arch.get()],
+                "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume",
+                *voxel_size_arguments(self._tomograms())]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):
                 args += ["--tomogram", tomogram_path(tomo), "--coords", self._labelsPath(ts_id)]
@@ -254,7 +256,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         errors += self._validatePretrained(tomograms.getSamplingRate())
         errors += self._validateGpus()
         errors += run_number_problems(self.iterations.get(), self.seed.get())
-        return errors
+        return engine_problems() + errors
 
     def _validatePretrained(self, sampling_rate: float) -> list[str]:
         model = self.pretrainedModel.get()

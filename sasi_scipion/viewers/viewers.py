@@ -16,6 +16,7 @@ from pyworkflow.viewer import DESKTOP_TKINTER, View, Viewer
 
 from ..constants import OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..engine.coordinates import read_particles
+from ..engine.model_card import sidecar_paths
 from ..engine.mrc_io import read_volume
 from ..objects import SaSiModel
 from ..protocols import ProtSaSiEvaluate, ProtSaSiPick, ProtSaSiPretrain, ProtSaSiTrain
@@ -53,7 +54,6 @@ class _SaSiViewer(Viewer):
 
 def _history(model: SaSiModel) -> list[dict]:
     """The loss history of a model: its JSON-lines log, one record per iteration."""
-    from ..engine.model_file import sidecar_paths  # lazy: model_file imports torch
 
     with open(sidecar_paths(model.getPath())[1]) as handle:
         return [json.loads(line) for line in handle if line.strip()]

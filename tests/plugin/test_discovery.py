@@ -20,8 +20,11 @@ def test_sasi_program_honours_a_separate_environment(monkeypatch) -> None:
     from sasi_scipion.plugin import Plugin
 
     assert Plugin.getSasiProgram().endswith("sasi")
+    monkeypatch.setitem(Plugin._vars, "SASI_ENV_ACTIVATION", ". /opt/sasi/bin/activate")
+    assert Plugin.getSasiProgram() == ". /opt/sasi/bin/activate && sasi"
+    # runJob's /bin/sh may be dash, which has no 'source': it becomes '.'
     monkeypatch.setitem(Plugin._vars, "SASI_ENV_ACTIVATION", "source /opt/sasi/bin/activate")
-    assert Plugin.getSasiProgram() == "source /opt/sasi/bin/activate && sasi"
+    assert Plugin.getSasiProgram() == ". /opt/sasi/bin/activate && sasi"
 
 
 def test_citation_is_known() -> None:

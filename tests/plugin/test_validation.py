@@ -28,6 +28,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     for name in ("a", "b"):
         write_volume(d / f"{name}.mrc", noise, 10.0)
     write_volume(d / "unknown.mrc", noise, None)
+    write_volume(d / "one_angstrom.mrc", noise, 1.0)
     write_volume(d / "tiny.mrc", noise[:10, :10, :10], 10.0)
     with mrcfile.new(d / "complex.mrc") as mrc:
         mrc.set_data((noise + 1j * noise).astype(np.complex64))
@@ -128,14 +129,20 @@ def test_pretrain_numbers(env, iterations, seed, words) -> None:
     assert words in _errors(pretrain)
 
 
-def test_unknown_voxel_size_is_a_warning(env) -> None:
+def test_a_header_voxel_size_other_than_scipions_is_a_warning(env) -> None:
+    """The engine is given Scipion's sampling rate (10 Å/px here): a header that says 1 Å
+    is only a warning, and a header without a voxel size not even that."""
     from sasi_scipion.protocols import ProtSaSiPretrain
 
     project, d = env
     pretrain = project.newProtocol(ProtSaSiPretrain, useGpu=False)
-    pretrain.inputTomograms.set(_tomograms(d, [("unknown.mrc", "t1")], "unknown"))
+    pretrain.inputTomograms.set(_tomograms(d, [("one_angstrom.mrc", "t1")], "one_angstrom"))
     assert pretrain.validate() == []
-    assert "holds no voxel size" in " ".join(pretrain.warnings())
+    assert ("the header says 1.000 Å per voxel, the sampling rate in Scipion says 10.000 Å"
+            in " ".join(pretrain.warnings()))
+    for name in ("unknown.mrc", "a.mrc"):  # controls: no header size, the same size
+        pretrain.inputTomograms.set(_tomograms(d, [(name, "t1")], name))
+        assert pretrain.validate() == [] and pretrain.warnings() == []
 
 
 @pytest.mark.parametrize("name, words", [("none.pt", "is missing"), ("cut.pt", "truncated"),
@@ -291,3 +298,20 @@ def test_pick_passes_invert_contrast_only_when_asked(env, monkeypatch) -> None:
     pick.invertContrast.set(True)
     pick.pickStep("t1")
     assert ["--invert-contrast" in c for c in commands] == [False, True]
+
+
+def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
+    """``outputCoordinates_<class>`` keeps letters, digits and _ only: 'a.b' and 'a_b'
+    would be one output."""
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], "pick_output_names"))
+    for classes, refused in ((["a.b", "a_b"], True), (["a.b", "c"], False)):  # and a control
+        model = SaSiModel(path=str(d / "model.pt"))
+        model.setFromMetadata({"classes": classes, "radii": [3, 3], "voxel_size": 10.0,
+                               "window": 24, "arch": "deepfinder", "pretrained_only": False})
+        pick.inputModel.set(model)
+        assert ("give two outputs the same name" in _errors(pick)) is refused

@@ -8,16 +8,15 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..defaults import BACKBONE_NAMES
 from ..errors import SasiInputError
 from .deepfinder import DeepFinderUNet
 from .resunet import ResUNet
 from .vit import ViT3D
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "deepfinder": DeepFinderUNet,
-    "resunet": ResUNet,
-    "vit": ViT3D,
-}
+BACKBONES: dict[str, Callable[..., nn.Module]] = dict(
+    zip(BACKBONE_NAMES, (DeepFinderUNet, ResUNet, ViT3D)))
+"""Backbone classes by name (``defaults.BACKBONE_NAMES``, in that order)."""
 
 
 def build_backbone(arch: str, num_outputs: int, **arch_params: int) -> nn.Module:

@@ -1,0 +1,39 @@
+"""Names and defaults shared by the engine and the Scipion plugin's forms.
+
+Plain Python (no numpy, no torch, no pyworkflow), so that the protocols import it
+without loading torch: a constant the forms need is defined here once and the
+engine modules import it from here.
+"""
+
+from __future__ import annotations
+
+BACKBONE_NAMES = ("deepfinder", "resunet", "vit")
+"""Backbone names, in the order of the forms' 'Network' choices; the first is the
+default (the SaSi paper's U-Net). ``models.BACKBONES`` maps them to classes."""
+DEFAULT_BACKBONE = BACKBONE_NAMES[0]
+PICK_MODES = ("tiled", "sliding")
+"""Inference modes of ``sasi pick``; the first is the default."""
+SSL_SCHEDULES = ("iss", "pss", "none")
+"""SimCLR schedules of ``sasi train`` (``auto`` picks one of them)."""
+SSL_AUTO = "auto"
+"""``--ssl`` value that means ``iss``, or ``none`` with a pre-trained model."""
+COMPONENT_MODES = ("argmax", "foreground", "peaks")
+"""How voxels are grouped into particles (see ``postprocess``)."""
+DEFAULT_COMPONENTS = "peaks"
+"""The component mode ``sasi pick`` uses unless told otherwise."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Inference precisions of ``sasi pick``."""
+BATCH_SIZE = 16
+"""Windows per supervised or SimCLR training batch (the paper's value)."""
+WINDOW = 24
+"""Edge of the training window, voxels (the paper's value): tomograms and particles
+must fit it."""
+DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
+"""Default budget per device type: 7 to 10 minutes on a 2-core CPU (0.7 s per
+float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
+Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
+on a GPU."""
+VOXEL_SIZE_TOLERANCE = 0.01
+"""Relative difference of voxel sizes still taken as equal."""
+UNSCORED_CLASSES = ("4V94", "vesicle")
+"""Classes that the SHREC and CZII rules do not score by default."""
