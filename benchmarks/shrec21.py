@@ -40,12 +40,12 @@ import numpy as np
 from sasi_scipion.engine.atomic import atomic_output
 from sasi_scipion.engine.cli import main as sasi
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
+from sasi_scipion.engine.defaults import UNSCORED_CLASSES
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.formats import read_coordinates
 from sasi_scipion.engine.metrics import Scores, evaluate_occupancy
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
-from sasi_scipion.engine.simulate import UNSCORED
 from sasi_scipion.engine.training_data import parse_radii
 
 MODELS = tuple(range(10))
@@ -54,7 +54,7 @@ TEST_SETS = {"T9": (9,), "T8-9": (8, 9), "T6-9": (6, 7, 8, 9)}
 LABEL_COUNTS = (3, 5, 10)
 TOMOGRAM, LOCATIONS, OCCUPANCY = "reconstruction.mrc", "particle_locations.txt", \
     "occupancy_mask.mrc"
-SHREC_UNSCORED = (*UNSCORED, "fiducial")
+SHREC_UNSCORED = (*UNSCORED_CLASSES, "fiducial")
 """Not scored: 4V94 and vesicles (the paper), and gold fiducials (not particles)."""
 PAPER = {
     "DeepFinder + meanshift": {3: (.129, .065, .071), 5: (.062, .031, .057),
