@@ -170,13 +170,16 @@ def _padded_crop(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
 
 
 def _prepare(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
-    """``model`` on ``device``, channels-last 3D, in eval mode. For bf16 or fp16, a
-    net marked ``autocast_free`` (only convolutions, ReLU, pooling, nearest
-    up-sampling and concatenation) becomes a copy in that dtype: the same
-    arithmetic as autocast, without its per-operation casts (autocast runs the
-    up-sampling in float32 and the concatenations follow)."""
+    """``model`` on ``device``, channels-last 3D, in eval mode, with its batch
+    normalisation folded into its convolutions where it can (``without_batch_norm``).
+    For bf16 or fp16, a net marked ``autocast_free`` (only convolutions, ReLU,
+    pooling, nearest up-sampling and concatenation, once folded) becomes a copy in
+    that dtype: the same arithmetic as autocast, without its per-operation casts
+    (autocast runs the up-sampling in float32 and the concatenations follow)."""
     _use_all_cpus(device)
-    model = model.to(device).to(memory_format=torch.channels_last_3d).eval()
+    model = model.to(device).eval()
+    fold = getattr(model, "without_batch_norm", None)
+    model = (model if fold is None else fold()).to(memory_format=torch.channels_last_3d)
     if precision != "fp32" and getattr(model, "autocast_free", False):
         model = copy.deepcopy(model).to(LOW_PRECISION_DTYPES[precision])
     return model

@@ -17,7 +17,7 @@ from torch import nn
 from .atomic import atomic_output, check_outputs, remove_partials
 from .checkpoint import checkpoint_path, read_checkpoint, run_fingerprint, write_checkpoint
 from .contrast import contrast_skew, label_contrast
-from .defaults import DEFAULT_ITERATIONS, SSL_AUTO, WINDOW
+from .defaults import BATCH_NORM, DEFAULT_BACKBONE, DEFAULT_ITERATIONS, SSL_AUTO, WINDOW
 from .device import resolve_device
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError
@@ -69,6 +69,9 @@ def check_training_args(args: argparse.Namespace, pretrain: bool) -> Path:
         raise SasiInputError(
             f"--arch {args.arch}: unknown network; choose one of {', '.join(sorted(BACKBONES))}"
         )
+    if args.no_batch_norm and args.arch != DEFAULT_BACKBONE:
+        raise SasiInputError(f"--no-batch-norm: only the {DEFAULT_BACKBONE} network has a "
+                             f"batch normalisation to leave out, not --arch {args.arch}")
     tomograms = [("--tomogram", p) for p in args.tomogram]
     inputs = tomograms if pretrain else [
         *tomograms, *(("--coords", p) for p in args.coords),
@@ -93,6 +96,26 @@ def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     own.update(matching)
     model.load_state_dict(own)
     return len(matching)
+
+
+def network_params(arch: str, no_batch_norm: bool,
+                   pretrained: ModelMetadata | None = None) -> dict[str, bool]:
+    """Constructor arguments of a new network ``arch`` (``ModelMetadata.arch_params``):
+    a pre-trained model's own, so that its weights fit, else batch normalisation in a
+    DeepFinder U-Net unless ``no_batch_norm``.
+
+    Raises:
+        SasiInputError: ``no_batch_norm`` with a pre-trained model that has it.
+    """
+    if pretrained is not None:
+        if no_batch_norm and pretrained.arch_params.get("batch_norm"):
+            raise SasiInputError("--no-batch-norm: the --pretrained model has batch "
+                                 "normalisation and its weights need it; leave the option "
+                                 "out or pre-train with --no-batch-norm")
+        return dict(pretrained.arch_params)
+    if arch != DEFAULT_BACKBONE:
+        return {}
+    return {"batch_norm": BATCH_NORM and not no_batch_norm}
 
 
 def _settings(
@@ -225,7 +248,8 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
     settings = _settings(args, device, infill=not args.no_infill,
                          consistency=not args.no_consistency, ssl=ssl)
     torch.manual_seed(args.seed)  # the initial weights too depend on --seed only
-    model = build_backbone(arch, len(data.class_names) + 1)
+    arch_params = network_params(arch, args.no_batch_norm, pre_meta)
+    model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
     if state is not None:
         copied = _load_matching(model, state)
         print(f"train: started from {args.pretrained} ({copied} tensors)", file=sys.stderr)
@@ -238,7 +262,7 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
         cutoffs = label_cutoffs(trainer.trained_model(), data.volumes, data.particles,
                                 data.class_names, data.radii, device)
         return ModelMetadata(
-            arch=arch, arch_params={}, classes=data.class_names, radii=data.radii,
+            arch=arch, arch_params=arch_params, classes=data.class_names, radii=data.radii,
             window=WINDOW, voxel_size=voxel_size, normalisation=NORMALISATION,
             pretrained_only=False, iterations=settings.iterations,
             settings={**vars(settings), "pretrained": args.pretrained,
@@ -249,7 +273,7 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
             loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
             contrast_skew=skew)
 
-    description = {"command": "train", "arch": arch, "classes": data.class_names,
+    description = {"command": "train", "arch": arch, "arch_params": arch_params, "classes": data.class_names,
                    "radii": data.radii, "voxel_size": voxel_size}
     arrays = [*data.volumes, *data.label_maps, *(t.xyz for t in data.particles), *extra]
     _train_and_save(args, trainer, out, "train", description, arrays, meta)
@@ -270,19 +294,21 @@ def _pretrain(args: argparse.Namespace, out: Path, device: torch.device,
     settings = _settings(args, device, infill=False, consistency=False, ssl="iss",
                          ssl_fraction=1.0)
     torch.manual_seed(args.seed)
-    model = build_backbone(args.arch, 2)
+    arch_params = network_params(args.arch, args.no_batch_norm)
+    model = build_backbone(args.arch, 2, **arch_params)
     trainer = SaSiTrainer(model, None, volumes, settings, device, replica)
 
     def meta(history: list[dict]) -> ModelMetadata:
         return ModelMetadata(
-            arch=args.arch, arch_params={}, classes=[], radii=[], window=WINDOW,
+            arch=args.arch, arch_params=arch_params, classes=[], radii=[], window=WINDOW,
             voxel_size=voxel_size, normalisation=NORMALISATION, pretrained_only=True,
             iterations=settings.iterations,
             settings={**vars(settings), "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history)},
             loss_history=history)
 
-    description = {"command": "pretrain", "arch": args.arch, "voxel_size": voxel_size}
+    description = {"command": "pretrain", "arch": args.arch, "arch_params": arch_params,
+                   "voxel_size": voxel_size}
     _train_and_save(args, trainer, out, "pretrain", description, volumes, meta)
     if replica.is_main:
         print(f"pre-trained {args.arch} -> {out}")

@@ -35,6 +35,7 @@ from .defaults import BATCH_SIZE, WINDOW
 from .distributed import ALONE, Replica
 from .infill import volume_infill
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
+from .models.deepfinder import share_batch_statistics
 from .models.projection import ProjectionHead
 from .progress import ProgressLog
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
@@ -181,6 +182,8 @@ class SaSiTrainer:
         torch.manual_seed(settings.seed)
         self.model = model.to(device).to(memory_format=torch.channels_last_3d)
         replica.broadcast_parameters(self.model)
+        if replica.world_size > 1:  # batch normalisation over the whole global batch
+            share_batch_statistics(self.model, replica.sum_across)
         self.data = data
         window = settings.window
         self.supervised = (

@@ -17,7 +17,7 @@ from tomo.protocols import ProtTomoBase
 from .. import Plugin
 from ..constants import OUTPUT_MODEL, SASI_ENV_ACTIVATION
 from ..convert import tomograms_by_tsid
-from ..engine.defaults import BATCH_SIZE, WINDOW
+from ..engine.defaults import BATCH_NORM, BATCH_SIZE, WINDOW
 from ..engine.errors import ERROR_FILE_VARIABLE, SasiInputError
 from ..engine.limits import MAX_ITERATIONS, MAX_SEED
 from ..engine.model_card import read_model_card
@@ -258,6 +258,21 @@ class ProtSaSiModelBase(ProtSaSiBase):
                            "windows is split between them, so use 1, 2, 4, 8 or 16. With "
                            "'Use GPU' off: CPU processes sharing the cores.")
         self._addGpuParams(form)
+
+    @staticmethod
+    def _addBatchNormParam(form) -> None:
+        """The expert switch between sasi's DeepFinder U-Net and the paper's."""
+        form.addParam("batchNorm", params.BooleanParam, default=BATCH_NORM,
+                      condition="arch == 0", expertLevel=params.LEVEL_ADVANCED,
+                      label="Batch normalisation",
+                      help="A batch normalisation after every convolution of the deepfinder "
+                           "network: it learns the classes much faster than the SaSi "
+                           "paper's network, which has none (choose No for the paper's "
+                           "recipe). A pre-trained model brings its own choice.")
+
+    def _batchNormArguments(self) -> list[str]:
+        """``--no-batch-norm`` when the switch is off for the deepfinder network."""
+        return [] if self.batchNorm.get() or self.arch.get() != 0 else ["--no-batch-norm"]
 
     def _validateGpus(self) -> list[str]:
         count = self.numberOfGpus.get()

@@ -32,6 +32,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                            "will pick.")
         form.addParam("arch", params.EnumParam, choices=list(BACKBONE_NAMES), default=0,
                       label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
+        self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
                       help="Optimisation steps; 0 = the engine's default (600 on a CPU, "
                            "10000 on a GPU).")
@@ -48,7 +49,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
         # --resume: a continued run (after a failure, a stop or a queue's time limit)
         # goes on from the checkpoint the interrupted one left.
         args = ["pretrain", "--out", out, "--arch", list(BACKBONE_NAMES)[self.arch.get()],
-                "--seed", str(self.seed.get()), "--resume",
+                "--seed", str(self.seed.get()), "--resume", *self._batchNormArguments(),
                 *voxel_size_arguments(self.inputTomograms.get())]
         for tomo in self.inputTomograms.get().iterItems():
             args += ["--tomogram", tomogram_path(tomo)]

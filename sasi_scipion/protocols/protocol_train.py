@@ -101,6 +101,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                       label="Network",
                       help="Backbone when no pre-trained model is given (a pre-trained model "
                            "brings its own): deepfinder, the SaSi paper's U-Net.")
+        self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
                       help="Optimisation steps; 0 = the engine's default (600 on a CPU, about "
                            "10 minutes for a 96 x 256 x 256 tomogram; 10000 on a GPU).")
@@ -189,7 +190,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
                 "--arch", list(BACKBONE_NAMES)[self.arch.get()],
                 "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume",
-                *voxel_size_arguments(self._tomograms())]
+                *self._batchNormArguments(), *voxel_size_arguments(self._tomograms())]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):
                 args += ["--tomogram", tomogram_path(tomo), "--coords", self._labelsPath(ts_id)]

@@ -50,15 +50,18 @@ def test_two_processes_learn_what_one_learns(runs) -> None:
     losses_two = [r["loss"] for r in meta_two.loss_history]
     assert [r["phase"] for r in meta_two.loss_history] == ["ssl"] + ["supervised"] * 5
     assert "loss_cons" in meta_two.loss_history[2]
-    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
+    # 2.2e-4 at most with batch normalisation (its statistics summed over the processes
+    # as sums and sums of squares, one process's by torch's own kernel); 0.2 when each
+    # process normalised with its own share's statistics
+    np.testing.assert_allclose(losses_two, losses_one, rtol=2e-3)
     difference = np.concatenate([(weights_two[k] - v).abs().flatten().numpy()
-                                 for k, v in weights_one.items()])
+                                 for k, v in weights_one.items() if v.is_floating_point()])
     # Adam turns a rounding-level gradient near zero into a full step of either sign, so
-    # some weights differ by up to a learning rate: the SimCLR step's gradients reach
-    # the encoder through the projection head's batch standardisation, which makes
-    # rounding of the embedding visible. A real mismatch moves most weights, and the
-    # function the two nets compute.
-    assert np.mean(difference > 1e-5) < 0.15
+    # some weights differ by up to a learning rate; batch normalisation of batches of
+    # 4 windows makes rounding visible in most decoder weights (a third of all weights
+    # differ by over 1e-5, as much as one process differs from itself with the
+    # statistics computed as sums instead of by torch's kernel). A real mismatch moves
+    # the losses and the function the two nets compute.
     assert np.quantile(difference, 0.99) < 1e-3  # one supervised learning rate
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 1, 24, 24, 24))
                          .astype(np.float32))

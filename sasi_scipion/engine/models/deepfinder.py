@@ -6,6 +6,14 @@ two at 48, up-sample + skip concatenation, two at 32, then a 1x1x1
 convolution to K + 1 class logits (background + K). About 0.85 M parameters
 for K = 3. Zero ('same') padding everywhere.
 
+The engine trains it with a batch normalisation after every 3x3x3 convolution
+(``batch_norm``; the paper's net has none, and learns the 12 classes of the
+accuracy benchmark far more slowly without it: ``docs/method.md``). Inference
+folds each normalisation into the convolution before it
+(``without_batch_norm``), so what follows holds for both nets. Data-parallel
+training normalises with the statistics of the whole global batch
+(``SharedBatchNorm3d``).
+
 Tensors are ``(batch, channels, z, y, x)``.
 
 ``decode_region`` computes the logits of one region of the input only: the
@@ -43,6 +51,8 @@ training uses (``tests/engine/test_backbones.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -52,15 +62,73 @@ Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _conv_block(in_channels: int, out_channels: int, count: int,
-                first: type[nn.Conv3d] = nn.Conv3d) -> nn.Sequential:
+                first: type[nn.Conv3d] = nn.Conv3d, batch_norm: bool = False) -> nn.Sequential:
+    """``count`` 3x3x3 'same' convolutions, each followed by a batch normalisation
+    (if ``batch_norm``; the convolution then has no bias, which the normalisation
+    would remove) and a ReLU; the first one of type ``first``."""
     layers: list[nn.Module] = []
     for i in range(count):
-        layers += [
-            (first if i == 0 else nn.Conv3d)(in_channels if i == 0 else out_channels,
-                                             out_channels, 3, padding=1),
-            nn.ReLU(inplace=True),
-        ]
+        layers.append((first if i == 0 else nn.Conv3d)(in_channels if i == 0 else out_channels,
+                                                       out_channels, 3, padding=1,
+                                                       bias=not batch_norm))
+        if batch_norm:
+            layers.append(SharedBatchNorm3d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+class SharedBatchNorm3d(nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` whose training statistics can span the shards of a global
+    batch that several data-parallel processes share (``distributed``), so that K
+    processes normalise as one process does with the whole batch.
+
+    ``sum_across`` (set by ``share_batch_statistics``) sums a tensor over the
+    processes with gradients; while it is ``None`` (one process, or evaluation) this
+    is exactly ``nn.BatchNorm3d``. ``torch.nn.SyncBatchNorm`` does the same on GPUs
+    only; this one works with gloo on the CPU too. Input ``(B, C, z, y, x)``.
+    """
+
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not self.training or self.sum_across is None:
+            return super().forward(x)
+        channels = x.shape[1]
+        values = x.float()
+        reduce = (0, 2, 3, 4)
+        count = values.new_full((1,), values.numel() / channels)
+        sums = self.sum_across(torch.cat([values.sum(reduce), (values * values).sum(reduce),
+                                          count]))
+        total = sums[-1]
+        mean = sums[:channels] / total
+        variance = sums[channels:2 * channels] / total - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(variance * total / (total - 1), self.momentum)
+        shape = (1, channels, 1, 1, 1)
+        scale = torch.rsqrt(variance + self.eps) * self.weight
+        return ((values - mean.view(shape)) * scale.view(shape)
+                + self.bias.view(shape)).to(x.dtype)
+
+
+def share_batch_statistics(model: nn.Module,
+                           sum_across: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    """Make every ``SharedBatchNorm3d`` of ``model`` normalise with statistics summed
+    by ``sum_across`` over the processes (``None``: this process's batch only)."""
+    for module in model.modules():
+        if isinstance(module, SharedBatchNorm3d):
+            module.sum_across = sum_across
+
+
+def _folded(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the convolution equal to ``norm(conv(x))`` in evaluation
+    mode (``conv`` with or without a bias): each output channel scaled by
+    ``gamma / sqrt(running_var + eps)``."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.dim() - 1))
+    bias = -norm.running_mean if conv.bias is None else conv.bias - norm.running_mean
+    return weight, bias * scale + norm.bias
 
 
 class PlaneStackedInputConv3d(nn.Conv3d):
@@ -75,10 +143,10 @@ class PlaneStackedInputConv3d(nn.Conv3d):
     checkpoints load unchanged."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 padding: int = 1) -> None:
+                 padding: int = 1, bias: bool = True) -> None:
         if (in_channels, kernel_size, padding) != (1, 3, 1):
             raise ValueError("PlaneStackedInputConv3d is the 1-channel 3x3x3 'same' convolution")
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.output_planes(x, 0, x.shape[2])
@@ -182,8 +250,9 @@ class DeepFinderUNet(nn.Module):
         embedding_channels: channels of the encoder embedding (64).
         embedding_stride: spatial down-sampling of the encoder embedding (4).
         autocast_free: only convolutions, ReLU, max-pooling, nearest up-sampling
-            and concatenation, so inference can run the whole net in bf16 or
-            fp16 (same results as autocast, without its casts).
+            and concatenation once any batch normalisation is folded
+            (``without_batch_norm``), so inference can run the whole net in bf16
+            or fp16 (same results as autocast, without its casts).
     """
 
     size_multiple = 4
@@ -193,24 +262,54 @@ class DeepFinderUNet(nn.Module):
     embedding_stride = 4
     fixed_window: int | None = None
 
-    def __init__(self, num_outputs: int, width: int = 32) -> None:
+    def __init__(self, num_outputs: int, width: int = 32, batch_norm: bool = False) -> None:
+        """``num_outputs`` = K + 1 logit channels; ``width`` channels at full
+        resolution; ``batch_norm``: a ``SharedBatchNorm3d`` after every 3x3x3
+        convolution (the engine trains with it, ``defaults.BATCH_NORM``; the paper's
+        net and models written before it have none)."""
         super().__init__()
         c1, c2, c3 = width, width * 3 // 2, width * 2
         self.num_outputs = num_outputs
-        self.enc1 = _conv_block(1, c1, 2, first=PlaneStackedInputConv3d)
-        self.enc2 = _conv_block(c1, c2, 2)
-        self.bottom = _conv_block(c2, c3, 4)
-        self.dec2 = _conv_block(c3 + c2, c2, 2, first=UpsampledConcatConv3d)
-        self.dec1 = _conv_block(c2 + c1, c1, 2, first=UpsampledConcatConv3d)
+        self.width = width
+        self.batch_norm = batch_norm
+        self.enc1 = _conv_block(1, c1, 2, PlaneStackedInputConv3d, batch_norm)
+        self.enc2 = _conv_block(c1, c2, 2, batch_norm=batch_norm)
+        self.bottom = _conv_block(c2, c3, 4, batch_norm=batch_norm)
+        self.dec2 = _conv_block(c3 + c2, c2, 2, UpsampledConcatConv3d, batch_norm)
+        self.dec1 = _conv_block(c2 + c1, c1, 2, UpsampledConcatConv3d, batch_norm)
         self.head = nn.Conv3d(c1, num_outputs, 1)
         self.pool = nn.MaxPool3d(2)
         self.embedding_channels = c3
+
+    def without_batch_norm(self) -> DeepFinderUNet:
+        """This net in evaluation mode with every batch normalisation folded into the
+        convolution before it (an affine map per channel; zero padding comes before
+        the convolution, so the fold is exact at the edges too): the same logits, a
+        net of only convolutions, ReLU and pooling (``autocast_free``), with the
+        layout the slab-wise paths index. ``self`` when it has no normalisation."""
+        if not self.batch_norm:
+            return self
+        reference = self.head.weight
+        plain = DeepFinderUNet(self.num_outputs, self.width).to(reference.device,
+                                                                 reference.dtype)
+        with torch.no_grad():
+            for name in ("enc1", "enc2", "bottom", "dec2", "dec1"):
+                source = getattr(self, name)
+                pairs = zip([m for m in source if isinstance(m, nn.Conv3d)],
+                            [m for m in source if isinstance(m, nn.BatchNorm3d)])
+                targets = [m for m in getattr(plain, name) if isinstance(m, nn.Conv3d)]
+                for (conv, norm), target in zip(pairs, targets, strict=True):
+                    weight, bias = _folded(conv, norm)
+                    target.weight.copy_(weight)
+                    target.bias.copy_(bias)
+            plain.head.load_state_dict(self.head.state_dict())
+        return plain.eval()
 
     def features(self, x: torch.Tensor) -> Features:
         """Encoder outputs of input ``(B, 1, z, y, x)``: the two skip tensors
         ``(B, 32, z, y, x)`` and ``(B, 48, z/2, y/2, x/2)`` and the embedding
         ``(B, 64, z/4, y/4, x/4)`` (channel counts for the default width)."""
-        if _runs_in_slabs(x):
+        if self._in_slabs(x):
             s1, pooled = self._full_resolution_encoder_in_slabs(x)
         else:
             s1 = self.enc1(x)
@@ -243,6 +342,12 @@ class DeepFinderUNet(nn.Module):
             pooled[:, :, start // 2:stop // 2] = self.pool(out)
         return s1, pooled
 
+    def _in_slabs(self, x: torch.Tensor) -> bool:
+        """Whether the full-resolution layers run in z-slabs (``_runs_in_slabs``);
+        never with batch normalisation, whose layers the slab paths do not index
+        (inference folds it first: ``without_batch_norm``)."""
+        return not self.batch_norm and _runs_in_slabs(x)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder embedding ``(B, 64, z/4, y/4, x/4)`` of input ``(B, 1, z, y, x)``."""
         return self.features(x)[2]
@@ -271,7 +376,7 @@ class DeepFinderUNet(nn.Module):
         # d2 covers half; its up-sampling covers 2 x half, which holds full
         window = _shift(full, half, 2)
         core = tuple(slice(lo - f.start, hi - f.start) for (lo, hi), f in zip(region, full))
-        if _runs_in_slabs(d2):
+        if self._in_slabs(d2):
             hidden = self._first_decoder_convolution_in_slabs(d2, s1, full, window)
             del d2
             return self._last_convolution_and_head_in_slabs(hidden, core)
