@@ -11,6 +11,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
 - ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
 - ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
 - ``sasi``: everything (the engine's defaults);
+- ``sasi-paper``: everything with the paper's U-Net, without the batch
+  normalisation the engine adds (``--no-batch-norm``);
 - ``sasi+background``: the same, with N background points per distractor kind added
   to the labels (voxels of gold, membranes and vesicles, junk: class ``background``);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
@@ -97,6 +99,7 @@ ROWS = {
     "+consistency": ["--ssl", "none", "--no-infill"],
     "+iss": ["--ssl", "iss", "--no-infill", "--no-consistency"],
     "sasi": [],
+    "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],

@@ -273,8 +273,8 @@ def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: R
             loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
             contrast_skew=skew)
 
-    description = {"command": "train", "arch": arch, "arch_params": arch_params, "classes": data.class_names,
-                   "radii": data.radii, "voxel_size": voxel_size}
+    description = {"command": "train", "arch": arch, "arch_params": arch_params,
+                   "classes": data.class_names, "radii": data.radii, "voxel_size": voxel_size}
     arrays = [*data.volumes, *data.label_maps, *(t.xyz for t in data.particles), *extra]
     _train_and_save(args, trainer, out, "train", description, arrays, meta)
     if replica.is_main:
