@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-ENGINE = ["torch>=2.0", "connected-components-3d>=3.10"]
+ENGINE = ["torch>=2.0", "connected-components-3d>=3.10", "scipy>=1.7"]
 """What the engine (the ``sasi`` command) needs on top of the plugin: not needed in
 Scipion's environment when the engine runs from its own (``SASI_ENV_ACTIVATION``)."""
 

@@ -235,9 +235,9 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
         model = work / f"{entry['row']}_{entry['labels']}_{entry['seed']}.pt"
         segmentations = {}
         for name in [TRAINING_TOMOGRAM, *tests]:
-            segmentations[name], meta = segment_tomogram(model, data / f"{name}.mrc",
-                                                         torch.device("cpu"),
-                                                         entry.get("pick_mode", "tiled"))
+            segmentations[name], meta, _ = segment_tomogram(model, data / f"{name}.mrc",
+                                                            torch.device("cpu"),
+                                                            entry.get("pick_mode", "tiled"))
         training = segmentations.pop(TRAINING_TOMOGRAM)
         labels = read_particles(work / f"labels_{entry['labels']}_{entry['seed']}.tsv")
         for mode, threshold in [(m, t) for m in components

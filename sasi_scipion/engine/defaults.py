@@ -40,5 +40,9 @@ Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
 on a GPU."""
 VOXEL_SIZE_TOLERANCE = 0.01
 """Relative difference of voxel sizes still taken as equal."""
+MAX_RESAMPLING_FACTOR = 4.0
+"""Largest ratio of voxel sizes that picking and training resample on the fly
+(``resample``); beyond it a header is far more likely wrong (many tools write 1 Å)
+than the data so different."""
 UNSCORED_CLASSES = ("4V94", "vesicle")
 """Classes that the SHREC and CZII rules do not score by default."""

@@ -16,15 +16,15 @@ from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
 from .errors import SasiInputError
 from .inference import segment_sliding, segment_tiled
 from .model_file import ModelMetadata, load_model
-from .mrc_io import read_tomogram
+from .mrc_io import Volume, read_tomogram
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
+from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
 from .thresholds import score_cutoffs
 
 
-def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,
-                   model_path: str | os.PathLike) -> None:
-    """Refuse a pre-trained-only model, another normalisation or another voxel size.
+def check_pickable(meta: ModelMetadata, model_path: str | os.PathLike) -> None:
+    """Refuse a pre-trained-only model or another normalisation.
 
     Raises:
         SasiInputError: naming the fix.
@@ -39,14 +39,31 @@ def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,
             f"{model_path}: uses input normalisation {meta.normalisation!r}, this engine "
             f"applies {NORMALISATION!r}; retrain the model with this version"
         )
-    if meta.voxel_size and voxel_size and (
-        abs(voxel_size - meta.voxel_size) > VOXEL_SIZE_TOLERANCE * meta.voxel_size
-    ):
+
+
+def model_grid(meta: ModelMetadata, volume: Volume, source: str) -> tuple[int, ...]:
+    """The ``(z, y, x)`` shape ``volume`` (from file ``source``) has at the model's voxel
+    size: its own when the voxel sizes agree within ``VOXEL_SIZE_TOLERANCE`` or one of
+    them is unknown, else the shape it is resampled to (``resample``).
+
+    Raises:
+        SasiInputError: voxel sizes too far apart, or a resampled tomogram smaller
+            than the model's window.
+    """
+    shape = volume.data.shape
+    if not (meta.voxel_size and volume.voxel_size) or abs(
+            volume.voxel_size - meta.voxel_size) <= VOXEL_SIZE_TOLERANCE * meta.voxel_size:
+        return shape
+    problem = resampling_problem(volume.voxel_size, meta.voxel_size, source, "the model")
+    if problem:
+        raise SasiInputError(problem)
+    resampled = resampled_shape(shape, volume.voxel_size, meta.voxel_size)
+    if min(resampled) < meta.window:
         raise SasiInputError(
-            f"{source}: voxel size {voxel_size:.3f} Å but the model was trained at "
-            f"{meta.voxel_size:.3f} Å; rescale (bin) the tomogram to {meta.voxel_size:.3f} Å "
-            "or train a model at this voxel size"
-        )
+            f"{source}: {' x '.join(map(str, shape))} voxels of {volume.voxel_size:.3f} Å "
+            f"are {' x '.join(map(str, resampled))} at the model's {meta.voxel_size:.3f} Å, "
+            f"smaller than its {meta.window}-voxel window; pick a larger tomogram")
+    return resampled
 
 
 def segment_tomogram(
@@ -58,18 +75,30 @@ def segment_tomogram(
     progress: Callable[[int, int], None] | None = None,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
-) -> tuple[Segmentation, ModelMetadata]:
-    """Segment a tomogram (argmax class and its probability per voxel); with
-    ``invert_contrast``, of the negated normalised tomogram. Warns on stderr when the
-    tomogram, so prepared, looks inverted relative to the model
-    (``contrast.inversion_warning``). Its voxel size is ``voxel_size`` (Å,
-    ``--voxel-size``) when given, else its header's."""
+) -> tuple[Segmentation, ModelMetadata, tuple[int, ...]]:
+    """Segment a tomogram (argmax class and its probability per voxel) at the model's
+    voxel size; return the segmentation, the model's metadata and the tomogram's own
+    ``(z, y, x)`` shape. A tomogram at another voxel size is resampled to the model's
+    first (``model_grid``; the segmentation is then on that grid, whose voxels
+    ``resample.to_source_voxels`` maps back). With ``invert_contrast``, of the
+    negated normalised tomogram. Warns on stderr when the tomogram, so prepared,
+    looks inverted relative to the model (``contrast.inversion_warning``). Its voxel
+    size is ``voxel_size`` (Å, ``--voxel-size``) when given, else its header's."""
     if mode not in PICK_MODES:
         raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
     model, meta = load_model(model_path, device)
+    check_pickable(meta, model_path)
     volume = read_tomogram(tomogram_path, meta.window, voxel_size)
-    check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
-    data = normalise(volume.data)
+    source_shape = volume.data.shape
+    grid = model_grid(meta, volume, str(tomogram_path))
+    if grid != source_shape:
+        print(f"{tomogram_path}: resampling {' x '.join(map(str, source_shape))} voxels of "
+              f"{volume.voxel_size:.3f} Å to {' x '.join(map(str, grid))} at the model's "
+              f"{meta.voxel_size:.3f} Å; picks are given in the tomogram's own voxels",
+              file=sys.stderr)
+        data = normalise(resample(volume.data, grid))
+    else:
+        data = normalise(volume.data)
     del volume
     if invert_contrast:
         np.negative(data, out=data)
@@ -83,7 +112,7 @@ def segment_tomogram(
         segmentation = segment_sliding(model, data, device, window=meta.window,
                                        stride=meta.window // 2, precision=precision,
                                        progress=progress)
-    return segmentation, meta
+    return segmentation, meta, source_shape
 
 
 def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
@@ -109,13 +138,20 @@ def pick_tomogram(
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
     cut-offs from its training labels (:func:`model_cutoffs`). ``invert_contrast``
     negates the tomogram first (protein bright here, dark in the training data, or
-    the reverse). ``voxel_size`` (Å) replaces the header's voxel size.
+    the reverse). ``voxel_size`` (Å) replaces the header's voxel size. A tomogram at
+    another voxel size than the model's is picked resampled to it, and the centres
+    are given in the tomogram's own voxels.
     """
-    segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
-                                          progress, invert_contrast, voxel_size)
+    segmentation, meta, source_shape = segment_tomogram(
+        model_path, tomogram_path, device, mode, precision, progress, invert_contrast,
+        voxel_size)
     cut = model_cutoffs(meta, components) if min_score is None else min_score
-    return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
-                             components=components)
+    picks = extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
+                              components=components)
+    shape = segmentation.labels.shape
+    if shape != source_shape:
+        picks.xyz = to_source_voxels(picks.xyz, source_shape, shape)
+    return picks
 
 
 def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],

@@ -28,7 +28,7 @@ from .normalize import NORMALISATION
 from .picking import label_cutoffs
 from .progress import ProgressLog
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
-from .training_data import check_tomograms, common_voxel_size, load_training_data, load_unlabelled
+from .training_data import check_tomograms, load_training_data, load_unlabelled
 
 CHECKPOINT_INTERVAL_S = 180.0
 """Without ``--checkpoint-every``, a checkpoint after each 3 minutes of training, on
@@ -233,17 +233,14 @@ def _read_pretrained(path: str) -> tuple[ModelMetadata, dict[str, torch.Tensor]]
 
 def _train(args: argparse.Namespace, out: Path, device: torch.device, replica: Replica) -> None:
     pre_meta, state = _read_pretrained(args.pretrained) if args.pretrained else (None, None)
-    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
+    # every tomogram is resampled to the pre-trained model's voxel size, else the first's
+    data = load_training_data(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size,
+                              pre_meta.voxel_size if pre_meta else None)
     extra, extra_size = (load_unlabelled(args.unlabelled, WINDOW, "--unlabelled",
-                                         args.voxel_size)
+                                         args.voxel_size, data.voxel_size)
                          if args.unlabelled else ([], None))
-    voxel_size = common_voxel_size([data.voxel_size, extra_size],
-                                   ["the labelled tomograms", "the --unlabelled tomograms"])
-    arch = args.arch
-    if pre_meta is not None:
-        common_voxel_size([voxel_size, pre_meta.voxel_size],
-                          ["the tomograms", f"pre-trained model {args.pretrained}"])
-        arch = pre_meta.arch
+    voxel_size = data.voxel_size or extra_size
+    arch = args.arch if pre_meta is None else pre_meta.arch
     ssl = args.ssl if args.ssl != SSL_AUTO else ("none" if args.pretrained else "iss")
     settings = _settings(args, device, infill=not args.no_infill,
                          consistency=not args.no_consistency, ssl=ssl)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .limits import BACKGROUND_CLASS, radius_problem, split_class_value
 from .masks import sphere_label_volume
 from .mrc_io import MrcInfo, inspect_mrc, read_tomogram, size_problem
 from .normalize import normalise
+from .resample import resample, resampled_shape, resampling_problem, to_resampled_voxels
 
 ANY_CLASS = "*"
 
@@ -63,22 +65,6 @@ def parse_radii(specs: Sequence[str]) -> dict[str, float]:
             )
         radii[name or ANY_CLASS] = radius
     return radii
-
-
-def common_voxel_size(sizes: Sequence[float | None], sources: Sequence[str]) -> float | None:
-    """The voxel size shared by all inputs (Å), ``None`` if none is known.
-
-    Raises:
-        SasiInputError: two known voxel sizes differ by more than 1 %.
-    """
-    known = [(s, src) for s, src in zip(sizes, sources) if s]
-    for size, source in known[1:]:
-        if abs(size - known[0][0]) > VOXEL_SIZE_TOLERANCE * known[0][0]:
-            raise SasiInputError(
-                f"{source}: voxel size {size:.3f} Å differs from {known[0][1]} "
-                f"({known[0][0]:.3f} Å); rescale the tomograms to one voxel size first"
-            )
-    return known[0][0] if known else None
 
 
 def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int) -> list[float]:
@@ -139,8 +125,12 @@ class LabelPlan:
         particles: labelled centres per tomogram inside it, duplicates removed.
         class_names: the K classes, sorted.
         radii: sphere radius per class, voxels.
-        voxel_size: Å per voxel shared by all tomograms, or ``None`` when unknown.
+        voxel_size: Å per voxel of the training grid (every tomogram is resampled to
+            it), or ``None`` when unknown.
         negatives: points of class ``BACKGROUND_CLASS`` per tomogram, inside it.
+        grids: ``(z, y, x)`` shape of each tomogram on the training grid (its own
+            where its voxel size is the grid's or unknown); ``particles`` and
+            ``negatives`` are in the voxels of these grids.
     """
 
     particles: list[ParticleTable]
@@ -148,20 +138,72 @@ class LabelPlan:
     radii: list[float]
     voxel_size: float | None
     negatives: list[ParticleTable]
+    grids: list[tuple[int, ...]]
+
+
+def training_grid(infos: Sequence[MrcInfo], paths: Sequence[str], window: int,
+                  voxel_size: float | None = None, target: float | None = None,
+                  target_name: str = "the first tomogram",
+                  ) -> tuple[float | None, list[tuple[int, ...]]]:
+    """The voxel size (Å) training works at and each tomogram's ``(z, y, x)`` shape
+    there: ``target`` when given (a pre-trained model's), else ``voxel_size``
+    (``--voxel-size``, which replaces every header's), else the first known header's.
+    A tomogram at another voxel size is resampled to it (``resample``), one of
+    unknown voxel size taken as it is.
+
+    Raises:
+        SasiInputError: voxel sizes too far apart to resample, or a tomogram smaller
+            than ``window`` once resampled.
+    """
+    sizes = [voxel_size or info.voxel_size for info in infos]
+    grid_size = target or next((size for size in sizes if size), None)
+    if target is None and sizes and sizes[0] is None and grid_size:
+        target_name = next(p for p, size in zip(paths, sizes) if size)
+    grids = []
+    for info, path, size in zip(infos, paths, sizes):
+        if not (size and grid_size) or abs(size - grid_size) <= VOXEL_SIZE_TOLERANCE * grid_size:
+            grids.append(info.shape)
+            continue
+        problem = resampling_problem(size, grid_size, path, target_name)
+        if problem:
+            raise SasiInputError(problem)
+        grid = resampled_shape(info.shape, size, grid_size)
+        if min(grid) < window:
+            raise SasiInputError(
+                f"{path}: {' x '.join(map(str, info.shape))} voxels of {size:.3f} Å are "
+                f"{' x '.join(map(str, grid))} at the training voxel size {grid_size:.3f} Å "
+                f"({target_name}'s), smaller than the {window}-voxel window; give larger "
+                "tomograms")
+        print(f"{path}: {size:.3f} Å per voxel; resampled to {grid_size:.3f} Å "
+              f"({' x '.join(map(str, grid))} voxels) to train with {target_name}",
+              file=sys.stderr)
+        grids.append(grid)
+    return grid_size, grids
+
+
+def read_on_grid(path: str, window: int, grid: Sequence[int],
+                 voxel_size: float | None = None) -> np.ndarray:
+    """The normalised tomogram ``path`` ``(z, y, x)`` on its training ``grid``
+    (resampled when that is not its own shape)."""
+    data = read_tomogram(path, window, voxel_size).data
+    return normalise(resample(data, grid) if data.shape != tuple(grid) else data)
 
 
 def plan_labels(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int, voxel_size: float | None = None,
+    window: int, voxel_size: float | None = None, target_voxel_size: float | None = None,
 ) -> LabelPlan:
     """Check every labelled input from the tomograms' headers and the coordinate files.
-    ``voxel_size`` (Å, ``--voxel-size``) replaces the headers' voxel sizes.
+    ``voxel_size`` (Å, ``--voxel-size``) replaces the headers' voxel sizes; tomograms
+    at another voxel size than the training grid's (``training_grid``:
+    ``target_voxel_size`` when given, else the first tomogram's) are planned
+    resampled to it, their coordinates with them. Radii are voxels of that grid.
 
     Raises:
         SasiInputError: unpaired files, a bad tomogram header, duplicate tomograms,
             a class with no radius, a ``--radius`` for a class that has no
             particle, a class whose particles all lie outside their tomograms,
-            radii that do not fit the window, or differing voxel sizes.
+            radii that do not fit the window, or voxel sizes too far apart.
     """
     if not tomogram_paths:
         raise SasiInputError("no --tomogram given; give at least one tomogram with --coords")
@@ -177,8 +219,13 @@ def plan_labels(
             f"{BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
         )
     infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    both = [drop_duplicates(read_coordinates(path, _reference(info, tomogram, voxel_size)), path)
-            for path, info, tomogram in zip(coords_paths, infos, tomogram_paths)]
+    grid_size, grids = training_grid(
+        infos, tomogram_paths, window, voxel_size, target_voxel_size,
+        "the pre-trained model" if target_voxel_size else "the first tomogram")
+    both = [_on_grid(drop_duplicates(read_coordinates(path, _reference(info, tomogram,
+                                                                       voxel_size)), path),
+                     info.shape, grid)
+            for path, info, tomogram, grid in zip(coords_paths, infos, tomogram_paths, grids)]
     negatives = [table.subset(table.classes == BACKGROUND_CLASS) for table in both]
     read = [table.subset(table.classes != BACKGROUND_CLASS) for table in both]
     if not any(len(table) for table in read):
@@ -194,7 +241,7 @@ def plan_labels(
             f"in the coordinate files (classes: {', '.join(labelled)}); fix the class name "
             "or remove the option"
         )
-    inside = [table.subset(inside_volume(table, info.shape)) for table, info in zip(read, infos)]
+    inside = [table.subset(inside_volume(table, grid)) for table, grid in zip(read, grids)]
     class_names = sorted({name for table in inside for name in table.class_names})
     if not class_names:
         raise SasiInputError(
@@ -207,33 +254,46 @@ def plan_labels(
             f"class {lost[0]!r}: every one of its particles lies outside its tomogram; check "
             "their coordinates (voxels, x y z) or remove the class from the coordinate files"
         )
-    tables = [drop_outside(table, info.shape, path)
-              for table, info, path in zip(read, infos, coords_paths)]
+    tables = [drop_outside(table, grid, path)
+              for table, grid, path in zip(read, grids, coords_paths)]
     return LabelPlan(
         particles=tables,
         class_names=class_names,
         radii=class_radii(class_names, radii, window),
-        voxel_size=voxel_size or common_voxel_size([info.voxel_size for info in infos],
-                                                   list(tomogram_paths)),
-        negatives=[drop_outside(table, info.shape, f"{path} ({BACKGROUND_CLASS})")
-                   for table, info, path in zip(negatives, infos, coords_paths)],
+        voxel_size=grid_size,
+        negatives=[drop_outside(table, grid, f"{path} ({BACKGROUND_CLASS})")
+                   for table, grid, path in zip(negatives, grids, coords_paths)],
+        grids=grids,
     )
+
+
+def _on_grid(table: ParticleTable, shape: tuple[int, ...], grid: tuple[int, ...]
+             ) -> ParticleTable:
+    """``table`` (voxels of a ``shape`` tomogram) in the voxels of its training grid."""
+    if tuple(grid) == tuple(shape):
+        return table
+    return ParticleTable(to_resampled_voxels(table.xyz, shape, grid), table.classes,
+                         table.scores)
 
 
 def load_training_data(
     tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int, voxel_size: float | None = None,
+    window: int, voxel_size: float | None = None, target_voxel_size: float | None = None,
 ) -> TrainingData:
-    """Check (``plan_labels``), read and label the training tomograms (one coordinate
-    file per tomogram); ``voxel_size`` (Å, ``--voxel-size``) replaces the headers'."""
-    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window, voxel_size)
-    raw = [read_tomogram(path, window, voxel_size).data for path in tomogram_paths]
+    """Check (``plan_labels``), read, resample where needed and label the training
+    tomograms (one coordinate file per tomogram); ``voxel_size`` (Å,
+    ``--voxel-size``) replaces the headers'; ``target_voxel_size`` (Å) is the grid to
+    train on (default: the first tomogram's)."""
+    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window, voxel_size,
+                       target_voxel_size)
+    volumes = [read_on_grid(path, window, grid, voxel_size)
+               for path, grid in zip(tomogram_paths, plan.grids)]
     labels = [
         sphere_label_volume(data.shape, table, plan.class_names, plan.radii)
-        for data, table in zip(raw, plan.particles)
+        for data, table in zip(volumes, plan.particles)
     ]
     return TrainingData(
-        volumes=[normalise(data) for data in raw],
+        volumes=volumes,
         label_maps=labels,
         particles=plan.particles,
         class_names=plan.class_names,
@@ -244,11 +304,16 @@ def load_training_data(
 
 
 def load_unlabelled(paths: Sequence[str], window: int, option: str = "--tomogram",
-                    voxel_size: float | None = None) -> tuple[list[np.ndarray], float | None]:
-    """Normalised tomograms for self-supervision, and their shared voxel size (Å):
-    ``voxel_size`` (``--voxel-size``) when given, else the headers'."""
+                    voxel_size: float | None = None, target_voxel_size: float | None = None,
+                    target_name: str = "the labelled tomograms",
+                    ) -> tuple[list[np.ndarray], float | None]:
+    """Normalised tomograms for self-supervision on one grid, and its voxel size (Å):
+    ``target_voxel_size`` (``target_name``'s) when given, else ``voxel_size``
+    (``--voxel-size``), else the first header's; others are resampled to it."""
     if not paths:
         raise SasiInputError(f"no {option} given; give at least one tomogram")
     infos = check_tomograms([(option, path) for path in paths], window)
-    shared = voxel_size or common_voxel_size([info.voxel_size for info in infos], list(paths))
-    return [normalise(read_tomogram(p, window, voxel_size).data) for p in paths], shared
+    grid_size, grids = training_grid(infos, paths, window, voxel_size, target_voxel_size,
+                                     target_name if target_voxel_size else
+                                     "the first tomogram")
+    return [read_on_grid(p, window, grid, voxel_size) for p, grid in zip(paths, grids)], grid_size

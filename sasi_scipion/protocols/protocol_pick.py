@@ -13,7 +13,7 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import CLASS_OUTPUT_PREFIX, OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..convert import add_picks, class_output_name, tomograms_by_tsid
-from ..engine.defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
+from ..engine.defaults import MAX_RESAMPLING_FACTOR, PICK_MODES, VOXEL_SIZE_TOLERANCE
 from ..objects import SaSiModel
 from .protocol_base import (
     ProtSaSiBase,
@@ -172,19 +172,38 @@ class ProtSaSiPick(ProtSaSiBase):
                           "protocol.")
         elif problem:
             errors.append(f"Trained model: {problem}.")
-        if tomograms is not None and tomograms.getSize() and model.getVoxelSize():
-            rate = tomograms.getSamplingRate()
-            if abs(rate - model.getVoxelSize()) > VOXEL_SIZE_TOLERANCE * model.getVoxelSize():
-                errors.append(
-                    f"The model was trained at {model.getVoxelSize():.2f} Å/px but the "
-                    f"tomograms are at {rate:.2f} Å/px: rescale (bin) the tomograms to "
-                    f"{model.getVoxelSize():.2f} Å/px or train a model at {rate:.2f} Å/px.")
+        ratio = self._samplingRatio()
+        if ratio > MAX_RESAMPLING_FACTOR:
+            errors.append(
+                f"The model was trained at {model.getVoxelSize():.2f} Å/px but the "
+                f"tomograms are at {tomograms.getSamplingRate():.2f} Å/px, {ratio:.1f} times "
+                f"apart (SaSi resamples up to {MAX_RESAMPLING_FACTOR:g} times on the fly): "
+                "check the tomograms' sampling rate, or rescale (bin) them to about "
+                f"{model.getVoxelSize():.2f} Å/px.")
         if not self.useModelCutoffs.get() and not 0.0 <= self.minScore.get() <= 1.0:
             errors.append("Minimum score must lie between 0 and 1.")
         return engine_problems() + errors
 
+    def _samplingRatio(self) -> float:
+        """How many times the tomograms' sampling rate and the model's differ (1 when
+        they agree within VOXEL_SIZE_TOLERANCE or one is unknown)."""
+        tomograms, model = self.inputTomograms.get(), self.inputModel.get()
+        if tomograms is None or not tomograms.getSize() or model is None:
+            return 1.0
+        rate, trained = tomograms.getSamplingRate(), model.getVoxelSize()
+        if not (rate and trained) or abs(rate - trained) <= VOXEL_SIZE_TOLERANCE * trained:
+            return 1.0
+        return max(rate, trained) / min(rate, trained)
+
     def _warnings(self) -> list[str]:
-        return self._tomogramWarnings([self.inputTomograms.get()])
+        warnings = self._tomogramWarnings([self.inputTomograms.get()])
+        if 1.0 < self._samplingRatio() <= MAX_RESAMPLING_FACTOR:
+            warnings.append(
+                f"The tomograms ({self.inputTomograms.get().getSamplingRate():.2f} Å/px) "
+                "will be resampled to the model's sampling rate "
+                f"({self.inputModel.get().getVoxelSize():.2f} Å/px) while picking; the "
+                "picked coordinates are at the tomograms' own sampling rate.")
+        return warnings
 
     def _summary(self) -> list[str]:
         output = getattr(self, OUTPUT_COORDINATES, None)

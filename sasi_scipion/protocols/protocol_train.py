@@ -11,7 +11,13 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
 from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
 from ..engine.coordinates import ParticleTable
-from ..engine.defaults import BACKBONE_NAMES, SSL_AUTO, SSL_SCHEDULES, VOXEL_SIZE_TOLERANCE
+from ..engine.defaults import (
+    BACKBONE_NAMES,
+    MAX_RESAMPLING_FACTOR,
+    SSL_AUTO,
+    SSL_SCHEDULES,
+    VOXEL_SIZE_TOLERANCE,
+)
 from ..engine.limits import BACKGROUND_CLASS, radius_problem
 from ..objects import SaSiModel
 from .protocol_base import (
@@ -268,11 +274,14 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             return [f"Pre-trained model: {problem}."]
         if not model.getVoxelSize():
             return []
-        if abs(model.getVoxelSize() - sampling_rate) > VOXEL_SIZE_TOLERANCE * sampling_rate:
+        ratio = (max(model.getVoxelSize(), sampling_rate)
+                 / min(model.getVoxelSize(), sampling_rate))
+        if ratio > MAX_RESAMPLING_FACTOR:
             return [f"The pre-trained model was trained at {model.getVoxelSize():.2f} Å/px, "
-                    f"the tomograms are at {sampling_rate:.2f} Å/px: pre-train on tomograms "
-                    "at this sampling rate or rescale the tomograms to "
-                    f"{model.getVoxelSize():.2f} Å/px."]
+                    f"the tomograms are at {sampling_rate:.2f} Å/px, {ratio:.1f} times apart "
+                    f"(SaSi resamples up to {MAX_RESAMPLING_FACTOR:g} times on the fly): "
+                    "pre-train on tomograms at this sampling rate or rescale the tomograms "
+                    f"to about {model.getVoxelSize():.2f} Å/px."]
         return []
 
     def _warnings(self) -> list[str]:

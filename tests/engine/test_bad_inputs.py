@@ -58,7 +58,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("inputs")
     noise = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     write_volume(d / "t.mrc", noise, 10.0)
-    write_volume(d / "t5.mrc", noise, 5.0)
+    write_volume(d / "t2.mrc", noise, 2.0)
     labels = ParticleTable([[10, 12, 8], [30, 20, 16], [20, 30, 20], [36, 10, 24]],
                            ["a", "a", "b", "b"])
     write_particles(d / "l.tsv", labels)
@@ -205,8 +205,9 @@ CASES = [
     ("tomogram given twice", [*_pretrain(), "--tomogram", "{d}/t.mrc"], ["already given"]),
     ("unlabelled is the labelled one", [*_train(), *R3, "--unlabelled", "{d}/t.mrc"],
      ["already given"]),
-    ("voxel sizes differ", [*_train(), "--tomogram", "{d}/t5.mrc", "--coords", "{d}/l.tsv", *R3],
-     ["differs", "rescale"]),
+    ("voxel sizes too far apart",
+     [*_train(), "--tomogram", "{d}/t2.mrc", "--coords", "{d}/l.tsv", *R3],
+     ["5.0 times finer", "--voxel-size"]),
     # coordinates
     ("a class lost outside", [*_train(coords="lost.tsv"), *R3], ["class 'b'", "outside"]),
     ("every particle outside", [*_train(coords="far.tsv"), *R3], ["no labelled particle"]),

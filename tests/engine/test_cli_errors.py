@@ -132,14 +132,16 @@ def test_cuda_request_without_cuda(small_tomogram: Path, small_labels: Path, tmp
            + ["--device", "cuda"], capsys, "no usable CUDA GPU", "--device cpu")
 
 
-def test_mismatched_voxel_sizes(small_labels: Path, tmp_path: Path, capsys) -> None:
+def test_voxel_sizes_too_far_apart_to_resample(small_labels: Path, tmp_path: Path,
+                                               capsys) -> None:
     data = np.random.default_rng(1).normal(size=(32, 40, 48)).astype(np.float32)
     write_volume(tmp_path / "a.mrc", data, 10.0)
-    write_volume(tmp_path / "b.mrc", data, 5.0)
+    write_volume(tmp_path / "b.mrc", data, 2.0)
     argv = ["train", "--tomogram", str(tmp_path / "a.mrc"), "--coords", str(small_labels),
             "--tomogram", str(tmp_path / "b.mrc"), "--coords", str(small_labels),
             "--radius", "3", "--out", str(tmp_path / "m.pt"), "--device", "cpu"]
-    _fails(argv, capsys, "differs", "rescale")
+    _fails(argv, capsys, "b.mrc: voxel size 2.000 Å is 5.0 times finer than the first "
+           "tomogram's 10.000 Å", "if the header is wrong give --voxel-size")
 
 
 def test_unpaired_coordinates(small_tomogram: Path, small_labels: Path, tmp_path: Path,
@@ -160,12 +162,13 @@ def test_failed_pick_keeps_the_previous_outputs_and_says_why_in_the_error_file(
     save_model(model, build_backbone("deepfinder", 2), ModelMetadata(
         arch="deepfinder", arch_params={}, classes=["a"], radii=[3.0], window=24,
         voxel_size=10.0, normalisation=NORMALISATION, pretrained_only=False, iterations=1))
-    write_volume(tmp_path / "t5.mrc", np.random.default_rng(2).normal(size=(32, 40, 48)), 5.0)
+    write_volume(tmp_path / "t2.mrc", np.random.default_rng(2).normal(size=(32, 40, 48)), 2.0)
     (tmp_path / "p.tsv").write_text("x\ty\tz\tclass\n")
     (tmp_path / "p.log.jsonl").write_text('{"tile": 1}\n')
     monkeypatch.setenv(ERROR_FILE_VARIABLE, str(tmp_path / "why.error"))
-    line = _fails(["pick", "--model", str(model), "--tomogram", str(tmp_path / "t5.mrc"),
-                   "--out", str(tmp_path / "p.tsv"), "--device", "cpu"], capsys, "rescale")
+    line = _fails(["pick", "--model", str(model), "--tomogram", str(tmp_path / "t2.mrc"),
+                   "--out", str(tmp_path / "p.tsv"), "--device", "cpu"], capsys,
+                  "than the model's 10.000 Å")
     assert (tmp_path / "why.error").read_text() == line.removeprefix("sasi: error: ") + "\n"
     assert (tmp_path / "p.tsv").read_text() == "x\ty\tz\tclass\n"
     assert (tmp_path / "p.log.jsonl").read_text() == '{"tile": 1}\n'

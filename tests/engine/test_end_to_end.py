@@ -20,7 +20,8 @@ from sasi_scipion.engine.coordinates import read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.metrics import evaluate_distance, evaluate_occupancy
 from sasi_scipion.engine.model_file import read_model_file
-from sasi_scipion.engine.mrc_io import read_volume
+from sasi_scipion.engine.mrc_io import read_volume, write_volume
+from sasi_scipion.engine.resample import resample, resampled_shape, to_source_voxels
 
 ITERATIONS = 160
 F1_BAR = 0.5
@@ -69,6 +70,35 @@ def test_few_shot_training_finds_the_particles(trained, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["rule"] == "shrec2021-occupancy"
     assert printed["pooled"]["f1"] == pytest.approx(f1)
+
+
+@pytest.mark.parametrize("voxel_size", [7.5, 13.5])
+def test_a_tomogram_at_another_voxel_size_is_picked_as_well(trained, voxel_size,
+                                                            capsys) -> None:
+    """The test tomogram (10 Å) resampled to 7.5 and 13.5 Å and written with that
+    header: the 10 Å model picks it resampled back on the fly, the picks come in its
+    own voxels, and, mapped to the 10 Å grid, score within 0.05 F1 of the native
+    tomogram's picks."""
+    source = read_volume(trained["data"] / "tomo_001.mrc")
+    shape = resampled_shape(source.data.shape, source.voxel_size, voxel_size)
+    tomogram = trained["work"] / f"tomo_001_{voxel_size}A.mrc"
+    write_volume(tomogram, resample(source.data, shape), voxel_size)
+    native, other = trained["work"] / "native.tsv", trained["work"] / f"at_{voxel_size}.tsv"
+    for path, picks in ((trained["data"] / "tomo_001.mrc", native), (tomogram, other)):
+        assert main(["pick", "--model", str(trained["model"]), "--tomogram", str(path),
+                     "--out", str(picks), "--precision", "fp32"]) == 0
+    assert f"resampling {' x '.join(map(str, shape))} voxels of {voxel_size:.3f} Å" in (
+        capsys.readouterr().err)
+    table = read_particles(other)
+    # in the resampled tomogram's voxels: inside it, not inside the 10 Å grid's extent
+    extent = np.array(shape[::-1])
+    assert (table.xyz < extent).all() and table.xyz.max(0)[0] > 0.8 * extent[0]
+    table.xyz = to_source_voxels(table.xyz, source.data.shape, shape)
+    mapped = trained["work"] / f"mapped_{voxel_size}.tsv"
+    write_particles(mapped, table)
+    native_f1, f1 = _score(native, trained["data"]), _score(mapped, trained["data"])
+    assert native_f1 > F1_BAR
+    assert f1 > native_f1 - 0.05, f"F1 {f1:.3f} at {voxel_size} Å, {native_f1:.3f} native"
 
 
 def test_chance_level(trained) -> None:

@@ -47,16 +47,17 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     return project, d
 
 
-def _tomograms(folder: Path, files: list[tuple[str, str | None]], label: str):
-    """A SetOfTomograms of ``(file, tsId)`` (tsId ``None``: none)."""
+def _tomograms(folder: Path, files: list[tuple[str, str | None]], label: str,
+               rate: float = 10.0):
+    """A SetOfTomograms of ``(file, tsId)`` (tsId ``None``: none) at ``rate`` Å/px."""
     from tomo.objects import SetOfTomograms, Tomogram
 
     tomograms = SetOfTomograms(filename=str(folder / f"{label}.sqlite"))
-    tomograms.setSamplingRate(10.0)
+    tomograms.setSamplingRate(rate)
     for name, ts_id in files:
         tomo = Tomogram()
         tomo.setFileName(str(folder / name))
-        tomo.setSamplingRate(10.0)
+        tomo.setSamplingRate(rate)
         if ts_id:
             tomo.setTsId(ts_id)
         tomograms.append(tomo)
@@ -315,3 +316,27 @@ def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
                                "window": 24, "arch": "deepfinder", "pretrained_only": False})
         pick.inputModel.set(model)
         assert ("give two outputs the same name" in _errors(pick)) is refused
+
+
+def test_pick_resamples_another_sampling_rate_and_refuses_one_far_off(env) -> None:
+    """Tomograms at 7.5 Å/px with a 10 Å/px model are resampled (a warning says so);
+    at 2 Å/px (5 times finer: a wrong sampling rate, most likely) they are refused."""
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputModel.set(_model(d))
+    for rate, refused, warned in ((7.5, False, True), (2.0, True, False), (10.0, False, False)):
+        pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], f"pick_rate_{rate}", rate))
+        assert ("5.0 times apart" in _errors(pick)) is refused
+        assert ("will be resampled to the model's sampling rate (10.00 Å/px)"
+                in " ".join(pick.warnings())) is warned
+
+
+def _model(folder: Path):
+    from sasi_scipion.objects import SaSiModel
+
+    model = SaSiModel(path=str(folder / "model.pt"))
+    model.setFromMetadata({"classes": ["a", "b"], "radii": [3, 3], "voxel_size": 10.0,
+                           "window": 24, "arch": "deepfinder", "pretrained_only": False})
+    return model
