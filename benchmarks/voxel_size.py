@@ -1,0 +1,87 @@
+"""Picking at another voxel size than the model's: the accuracy harness's test
+tomograms (10 Å) resampled to each ``--voxel-sizes`` value and written with that
+header, picked with a model the harness trained at 10 Å (``sasi pick``, which
+resamples them back on the fly), the picks mapped to the 10 Å grid and scored
+like the harness (SHREC occupancy rule), beside the native tomograms' picks by
+the same model in the same run.
+
+Usage: python benchmarks/voxel_size.py --work WORK --model sasi_10_0.pt
+       [--voxel-sizes 7.5 13.5] --out results.json
+where WORK is an accuracy-harness work folder (``accuracy.py --work``) and the model
+a file in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from accuracy import _score
+
+from sasi_scipion.engine.coordinates import read_particles
+from sasi_scipion.engine.mrc_io import read_volume, write_volume
+from sasi_scipion.engine.resample import resample, resampled_shape, to_source_voxels
+
+
+def _pick(model: Path, tomogram: Path, out: Path) -> float:
+    """Run ``sasi pick``; return its wall time in seconds."""
+    began = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "sasi"), "pick", "--model", str(model),
+                    "--tomogram", str(tomogram), "--out", str(out), "--device", "cpu"],
+                   check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--model", required=True, help="model file name inside --work")
+    parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[7.5, 13.5])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    data = args.work / "data"
+    dataset = json.loads((data / "dataset.json").read_text())
+    tests = dataset["tomograms"][1:]
+    model = args.work / args.model
+    folder = args.work / "voxel_size"
+    folder.mkdir(exist_ok=True)
+    results = []
+    for voxel_size in [None, *args.voxel_sizes]:
+        picks, seconds = {}, 0.0
+        for name in tests:
+            source = read_volume(data / f"{name}.mrc")
+            tomogram, shape = data / f"{name}.mrc", source.data.shape
+            if voxel_size is not None:
+                shape = resampled_shape(source.data.shape, source.voxel_size, voxel_size)
+                tomogram = folder / f"{name}_{voxel_size}A.mrc"
+                write_volume(tomogram, resample(source.data, shape), voxel_size)
+            out = folder / f"{Path(args.model).stem}_{voxel_size or 'native'}_{name}.tsv"
+            seconds += _pick(model, tomogram, out)
+            table = read_particles(out, allow_empty=True)
+            table.xyz = to_source_voxels(table.xyz, source.data.shape, shape)
+            picks[name] = table
+        results.append({"voxel_size": voxel_size or dataset["voxel_size"],
+                        "native": voxel_size is None, "pick_s": round(seconds, 1),
+                        **_score(picks, data, tests, dataset["unscored"])})
+        print(results[-1], file=sys.stderr)
+    native = results[0]
+    for row in results[1:]:
+        row["pooled_f1_minus_native"] = round(row["pooled_f1"] - native["pooled_f1"], 3)
+        row["class_aware_f1_minus_native"] = round(
+            row["class_aware_f1"] - native["class_aware_f1"], 3)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    Path(args.out).write_text(json.dumps({
+        "command": " ".join(sys.argv), "commit": commit or None,
+        "hardware": platform.processor() or platform.machine(), "model": str(model),
+        "results": results}, indent=2) + "\n")
+    print(Path(args.out).read_text())
+
+
+if __name__ == "__main__":
+    main()
