@@ -6,7 +6,13 @@ score the model gives a particle it should find. A class's cut-off is
 ``CUTOFF_FACTOR`` times the ``RECOVERED_QUANTILE`` quantile of those scores:
 the picks that score like the labelled particles stay, the weak components
 (noise, fragments, distractors) go. A class whose labelled particles are all
-missed gets no cut-off (0).
+missed as that class gets the class-agnostic cut-off instead: the same
+fraction of the quantile of the best scores of picks of any class on every
+labelled particle (with no cut-off at all, the picks of a class the model
+confuses with others passed whatever their score: at N = 3 on the accuracy
+benchmark, seed 0, this fallback raised precision from 0.17 to 0.34 and pooled
+F1 from 0.28 to 0.49 at the same recall). 0 only when no labelled particle is
+picked at all.
 
 The labelled particles were trained on, so their scores are higher than those of
 unseen particles; the factor leaves room for that. Both constants were chosen
@@ -28,10 +34,11 @@ CUTOFF_FACTOR = 0.8
 
 
 def labelled_scores(picks: ParticleTable, labels: ParticleTable, class_name: str,
-                    radius: float) -> np.ndarray:
-    """Scores of the best pick of ``class_name`` within ``radius`` voxels of each
-    labelled particle of that class that has one (positions in voxels ``(x, y, z)``)."""
-    mine = picks.classes == class_name
+                    radius: float, any_class: bool = False) -> np.ndarray:
+    """Scores of the best pick of ``class_name`` (with ``any_class``: of any class)
+    within ``radius`` voxels of each labelled particle of that class that has one
+    (positions in voxels ``(x, y, z)``)."""
+    mine = np.ones(len(picks), dtype=bool) if any_class else picks.classes == class_name
     pick_xyz, pick_scores = picks.xyz[mine], np.asarray(picks.scores)[mine]
     found = []
     for centre in labels.xyz[labels.classes == class_name]:
@@ -55,12 +62,18 @@ def score_cutoffs(picks: Sequence[ParticleTable], labels: Sequence[ParticleTable
 
     Returns:
         ``factor`` times the ``RECOVERED_QUANTILE`` quantile of each class's labelled
-        particles' scores, or 0 for a class none of whose labels was picked.
+        particles' scores; for a class none of whose labels was picked as that class,
+        the same of every labelled particle's best pick of any class (0 when there is
+        none).
     """
-    cutoffs = []
-    for name, radius in zip(class_names, radii):
-        scores = np.concatenate([labelled_scores(p, lab, name, radius)
-                                 for p, lab in zip(picks, labels)])
-        cutoffs.append(round(factor * float(np.quantile(scores, RECOVERED_QUANTILE)), 4)
-                       if len(scores) else 0.0)
-    return cutoffs
+    def cutoff(scores: list[np.ndarray]) -> float | None:
+        pooled = np.concatenate(scores)
+        return (round(factor * float(np.quantile(pooled, RECOVERED_QUANTILE)), 4)
+                if len(pooled) else None)
+
+    agnostic = cutoff([labelled_scores(p, lab, name, radius, any_class=True)
+                       for name, radius in zip(class_names, radii)
+                       for p, lab in zip(picks, labels)])
+    cutoffs = [cutoff([labelled_scores(p, lab, name, radius) for p, lab in zip(picks, labels)])
+               for name, radius in zip(class_names, radii)]
+    return [c if c is not None else (agnostic or 0.0) for c in cutoffs]

@@ -27,9 +27,24 @@ def test_cutoffs_are_a_fraction_of_the_labelled_score_quantile() -> None:
     labels = ParticleTable([[10, 10, 10], [30, 30, 30], [50, 50, 50]], ["a", "a", "b"])
     cutoffs = score_cutoffs([_picks()], [labels], ["a", "b", "c"], [2.0, 2.0, 2.0], factor=0.5)
     expected_a = 0.5 * float(np.quantile([0.9, 0.5], RECOVERED_QUANTILE))
-    assert cutoffs == pytest.approx([expected_a, 0.4, 0.0], abs=1e-4)  # c: never labelled
+    # c: no label picked as c: the cut-off of every label's best pick of any class
+    agnostic = 0.5 * float(np.quantile([0.9, 0.5, 0.8], RECOVERED_QUANTILE))
+    assert cutoffs == pytest.approx([expected_a, 0.4, agnostic], abs=1e-4)
     # the weak pick far from every label (0.2) falls below class a's cut-off
     assert cutoffs[0] > 0.2
+
+
+def test_a_class_missed_as_itself_gets_the_class_agnostic_cutoff() -> None:
+    """Class b's label lies on a pick of class a (0.9): b is confused, not absent, and
+    its picks are cut where any class's picks on the labels score; no pick on any
+    label at all leaves no cut-off."""
+    picks = ParticleTable([[10, 10, 10], [30, 30, 30]], ["a", "a"], [0.6, 0.9])
+    labels = ParticleTable([[10, 10, 10], [30, 30, 30]], ["a", "b"])
+    cutoffs = score_cutoffs([picks], [labels], ["a", "b"], [2.0, 2.0], factor=1.0)
+    assert cutoffs == pytest.approx([0.6, float(np.quantile([0.6, 0.9], RECOVERED_QUANTILE))],
+                                    abs=1e-4)
+    far = ParticleTable([[90, 90, 90]], ["a"])
+    assert score_cutoffs([picks], [far], ["a", "b"], [2.0, 2.0]) == [0.0, 0.0]
 
 
 def test_cutoffs_pool_the_labels_of_every_training_tomogram() -> None:
