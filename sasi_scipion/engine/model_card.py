@@ -70,15 +70,25 @@ def read_model_card(model_path: str | os.PathLike) -> dict[str, Any]:
             f"{card_path}: the side-car that 'sasi train' writes beside the model is missing "
             f"or damaged ({error}); keep the .json with the .pt, or {WRITTEN_BY_SASI}"
         ) from error
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise SasiModelFormatError(f"{card_path}: not a SaSi model side-car; {WRITTEN_BY_SASI}")
-    version = card.get("format_version", 0)
+    check_model_header(card, card_path, "SaSi model side-car")
+    return card
+
+
+def check_model_header(record: Any, source: str | os.PathLike, what: str) -> None:
+    """Refuse a model file's or side-car's ``record`` (from ``source``, a ``what``)
+    that is not a SaSi model of a format version and backbone this version knows.
+
+    Raises:
+        SasiModelFormatError: naming the fix.
+    """
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise SasiModelFormatError(f"{source}: not a {what}; {WRITTEN_BY_SASI}")
+    version = record.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SasiModelFormatError(
-            f"{card_path}: model format {version} is newer than this plugin reads "
+            f"{source}: model format {version} is newer than this version reads "
             f"({FORMAT_VERSION}); upgrade sasi-scipion")
-    if card.get("arch") not in BACKBONE_NAMES:
+    if record.get("arch") not in BACKBONE_NAMES:
         raise SasiModelFormatError(
-            f"{card_path}: architecture {card.get('arch')!r} is unknown to this version "
+            f"{source}: architecture {record.get('arch')!r} is unknown to this version "
             f"(known: {', '.join(sorted(BACKBONE_NAMES))}); upgrade sasi-scipion")
-    return card

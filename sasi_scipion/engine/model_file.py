@@ -29,9 +29,10 @@ from .model_card import (
     FORMAT_VERSION,
     WRITTEN_BY_SASI,
     archive_problem,
+    check_model_header,
     sidecar_paths,
 )
-from .models import BACKBONES, build_backbone
+from .models import build_backbone
 
 
 @dataclass
@@ -182,19 +183,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[ModelMetadata, dict[str, t
     """
     path = Path(path)
     payload = load_safely(path, "SaSi model file", WRITTEN_BY_SASI)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise SasiModelFormatError(f"{path}: not a SaSi model file; {WRITTEN_BY_SASI}")
-    version = payload.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SasiModelFormatError(
-            f"{path}: model format {version} is newer than this engine reads "
-            f"({FORMAT_VERSION}); upgrade sasi-scipion"
-        )
-    if payload.get("arch") not in BACKBONES:
-        raise SasiModelFormatError(
-            f"{path}: architecture {payload.get('arch')!r} is unknown to this version "
-            f"(known: {', '.join(sorted(BACKBONES))}); upgrade sasi-scipion"
-        )
+    check_model_header(payload, path, "SaSi model file")
     problem = _payload_problem(payload)
     if problem:
         raise SasiModelFormatError(
