@@ -173,6 +173,16 @@ class ProtSaSiEvaluate(ProtSaSiBase):
         if given and len(given) != len(plan):
             errors.append(f"'Reference class names' lists {len(given)} name(s) for "
                           f"{len(plan)} reference class(es): give one name per class.")
+        elif all(r is not None for r in references):
+            shared_pick: dict[str, list[str]] = {}
+            for reference, pick in self.classMatches().items():
+                if pick is not None:
+                    shared_pick.setdefault(pick, []).append(reference)
+            for pick, matched in shared_pick.items():
+                if len(matched) > 1:
+                    errors.append(f"The reference classes {', '.join(matched)} would all be "
+                                  f"scored against the picked class {pick}: give them "
+                                  "distinct names in 'Reference class names'.")
         if not (math.isfinite(self.hitRadius.get()) and self.hitRadius.get() >= 0):
             errors.append("The hit radius must be 0 (automatic) or a positive number.")
         return errors

@@ -237,6 +237,27 @@ def test_evaluate_refuses_a_nan_hit_radius(env) -> None:
     assert "hit radius" in _errors(evaluate)
 
 
+def test_evaluate_refuses_two_reference_classes_scored_against_one_picked_class(env) -> None:
+    """'truth_a' and 'old_a' both end in the picked class's name: their per-class
+    scores would overwrite each other, so the form asks for distinct names."""
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.protocols import ProtSaSiEvaluate
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], "evaluate_shared")
+    evaluate = project.newProtocol(ProtSaSiEvaluate)
+    evaluate.inputCoordinates.set(_coordinates(d, tomograms, "picks_shared"))
+    for label in ("truth_one", "truth_two"):
+        evaluate.referenceCoordinates.append(Pointer(_coordinates(d, tomograms, label)))
+    picked = list(evaluate.pickClasses().values())[0]
+    evaluate.referenceNames.set(f"truth_{picked}, old_{picked}")
+    assert (f"The reference classes truth_{picked}, old_{picked} would all be scored "
+            f"against the picked class {picked}") in _errors(evaluate)
+    evaluate.referenceNames.set(f"truth_{picked}, other")  # control: one each
+    assert "would all be scored" not in _errors(evaluate)
+
+
 def test_each_command_reports_into_its_own_error_file(env) -> None:
     from sasi_scipion.protocols import ProtSaSiPick
 
