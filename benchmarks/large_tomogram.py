@@ -1,0 +1,116 @@
+"""Peak memory and time of ``sasi pick`` and ``sasi train`` on a tomogram of the size
+facilities reconstruct (default 300 x 1024 x 1024 voxels, float32 MRC, 1.2 GB).
+
+Memory does not depend on what the tomogram shows, so it is Gaussian noise with a
+few hundred dense spheres (picking finds particles, post-processing has work), not
+a simulation. Each command runs in a fresh process, whose peak resident memory a
+wrapper process reads (``ru_maxrss`` of its only child). ``pick`` runs with the given
+model at its own voxel size and, with ``--resampled``, once more with the
+tomogram's header at 1.25 times the model's voxel size (resampling on the fly);
+``train`` runs ``--iterations`` steps with the labels of 10 of the spheres.
+
+Usage: python benchmarks/large_tomogram.py --model M.pt --work DIR
+       [--shape 300,1024,1024] [--iterations 5] [--resampled] --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sasi_scipion.engine.coordinates import ParticleTable, write_particles
+from sasi_scipion.engine.model_file import read_model_file
+from sasi_scipion.engine.mrc_io import write_volume
+
+SPHERES = 400
+"""Dense spheres planted in the noise tomogram."""
+SPHERE_RADIUS = 6
+"""Their radius, voxels."""
+RESAMPLED_FACTOR = 1.25
+"""Header voxel size over the model's for the resampled pick."""
+
+
+def _tomogram(path: Path, shape: tuple[int, int, int], voxel_size: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Write the test tomogram plane block by plane block; return sphere centres
+    ``(N, 3)`` ``(x, y, z)``."""
+    margin = SPHERE_RADIUS + 2
+    centres = np.column_stack([rng.uniform(margin, n - margin, SPHERES)
+                               for n in shape[::-1]])
+    volume = rng.standard_normal(shape, dtype=np.float32)
+    ball = np.indices((2 * SPHERE_RADIUS + 1,) * 3) - SPHERE_RADIUS
+    inside = (ball**2).sum(0) <= SPHERE_RADIUS**2
+    for x, y, z in np.round(centres).astype(int):
+        box = volume[z - SPHERE_RADIUS:z + SPHERE_RADIUS + 1,
+                     y - SPHERE_RADIUS:y + SPHERE_RADIUS + 1,
+                     x - SPHERE_RADIUS:x + SPHERE_RADIUS + 1]
+        box[inside] -= 2.0  # protein dark
+    write_volume(path, volume, voxel_size)
+    return centres
+
+
+PEAK_OF_CHILD = ("import resource, subprocess, sys; "
+                 "code = subprocess.run(sys.argv[1:]).returncode; "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                 "sys.exit(code)")
+"""A wrapper that runs its arguments and prints their peak RSS (KB) last on stderr."""
+
+
+def _run(arguments: list[str]) -> dict:
+    """Run ``sasi arguments`` in a fresh process; its wall time and peak RSS."""
+    began = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD,
+                             str(Path(sys.executable).parent / "sasi"), *arguments],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return {"command": "sasi " + " ".join(arguments),
+            "wall_s": round(time.perf_counter() - began, 1),
+            "peak_rss_mb": int(result.stderr.strip().splitlines()[-1]) // 1024,
+            "stdout": result.stdout.strip().splitlines()[-1:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--shape", default="300,1024,1024")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--resampled", action="store_true")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split(","))
+    meta, _ = read_model_file(args.model)
+    args.work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    tomogram = args.work / "large.mrc"
+    centres = _tomogram(tomogram, shape, meta.voxel_size, rng)
+    runs = {"pick": _run(["pick", "--model", args.model, "--tomogram", str(tomogram),
+                          "--out", str(args.work / "picks.tsv"), "--device", "cpu"])}
+    if args.resampled:
+        coarse = args.work / "large_coarse.mrc"
+        _tomogram(coarse, shape, meta.voxel_size * RESAMPLED_FACTOR, np.random.default_rng(0))
+        runs["pick_resampled"] = _run(["pick", "--model", args.model, "--tomogram",
+                                       str(coarse), "--out", str(args.work / "picks_coarse.tsv"),
+                                       "--device", "cpu"])
+    labels = args.work / "labels.tsv"
+    write_particles(labels, ParticleTable(centres[:10], ["sphere"] * 10))
+    runs["train"] = _run(["train", "--tomogram", str(tomogram), "--coords", str(labels),
+                          "--radius", str(SPHERE_RADIUS), "--out", str(args.work / "m.pt"),
+                          "--iterations", str(args.iterations), "--device", "cpu"])
+    report = {"command": " ".join(sys.argv), "shape_zyx": shape,
+              "tomogram_mb": round(tomogram.stat().st_size / 2**20),
+              "hardware": platform.processor() or platform.machine(), "runs": runs}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(Path(args.out).read_text())
+
+
+if __name__ == "__main__":
+    main()
