@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -12,31 +11,32 @@ from torch import nn
 
 from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
-from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
-from .errors import SasiInputError
-from .inference import segment_sliding, segment_tiled
-from .model_file import ModelMetadata, load_model
-from .mrc_io import read_tomogram
+from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE, ComponentMode, PickMode, Precision
+from .errors import SasiInputError, SasiWarning, input_name
+from .inference import ProgressCallback, segment_sliding, segment_tiled
+from .model_file import Model, ModelMetadata
+from .mrc_io import TomogramInput, load_tomogram, tomogram_source
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
 from .thresholds import score_cutoffs
 
 
 def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,
-                   model_path: str | os.PathLike) -> None:
-    """Refuse a pre-trained-only model, another normalisation or another voxel size.
+                   model_name: str) -> None:
+    """Refuse a pre-trained-only model, another normalisation or another voxel size;
+    ``source`` names the tomogram, ``model_name`` the model in messages.
 
     Raises:
         SasiInputError: naming the fix.
     """
     if meta.pretrained_only:
         raise SasiInputError(
-            f"{model_path}: a pre-trained model has no particle classes; train it first "
+            f"{model_name}: a pre-trained model has no particle classes; train it first "
             "with 'sasi train --pretrained' and pick with the trained model"
         )
     if meta.normalisation != NORMALISATION:
         raise SasiInputError(
-            f"{model_path}: uses input normalisation {meta.normalisation!r}, this engine "
+            f"{model_name}: uses input normalisation {meta.normalisation!r}, this engine "
             f"applies {NORMALISATION!r}; retrain the model with this version"
         )
     if meta.voxel_size and voxel_size and (
@@ -50,40 +50,41 @@ def check_pickable(meta: ModelMetadata, voxel_size: float | None, source: str,
 
 
 def segment_tomogram(
-    model_path: str | os.PathLike,
-    tomogram_path: str | os.PathLike,
+    model: Model,
+    tomogram: TomogramInput,
     device: torch.device,
-    mode: str = "tiled",
-    precision: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    mode: PickMode = "tiled",
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
-) -> tuple[Segmentation, ModelMetadata]:
+    model_name: str = "model",
+) -> Segmentation:
     """Segment a tomogram (argmax class and its probability per voxel); with
-    ``invert_contrast``, of the negated normalised tomogram. Warns on stderr when the
-    tomogram, so prepared, looks inverted relative to the model
-    (``contrast.inversion_warning``). Its voxel size is ``voxel_size`` (Å,
-    ``--voxel-size``) when given, else its header's."""
+    ``invert_contrast``, of the negated normalised tomogram. Warns
+    (:class:`SasiWarning`) when the tomogram, so prepared, looks inverted relative to
+    the model (``contrast.inversion_warning``). Its voxel size is ``voxel_size`` (Å)
+    when given, else its own. ``model_name`` names the model in messages."""
     if mode not in PICK_MODES:
-        raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
-    model, meta = load_model(model_path, device)
-    volume = read_tomogram(tomogram_path, meta.window, voxel_size)
-    check_pickable(meta, volume.voxel_size, str(tomogram_path), model_path)
+        raise SasiInputError(
+            f"{input_name('mode')} {mode}: choose one of {', '.join(PICK_MODES)}")
+    meta = model.metadata
+    name = input_name("tomogram")
+    volume = load_tomogram(tomogram, name, meta.window, voxel_size)
+    source = tomogram_source(tomogram, name)
+    check_pickable(meta, volume.voxel_size, source, model_name)
     data = normalise(volume.data)
     del volume
     if invert_contrast:
         np.negative(data, out=data)
-    warning = inversion_warning(contrast_skew(data), meta.contrast_skew, str(tomogram_path))
+    warning = inversion_warning(contrast_skew(data), meta.contrast_skew, source)
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        warnings.warn(warning, SasiWarning, stacklevel=2)
+    network = model.network.to(device).eval()
     if mode == "tiled":
-        segmentation = segment_tiled(model, data, device, precision=precision,
-                                     progress=progress)
-    else:
-        segmentation = segment_sliding(model, data, device, window=meta.window,
-                                       stride=meta.window // 2, precision=precision,
-                                       progress=progress)
-    return segmentation, meta
+        return segment_tiled(network, data, device, precision=precision, progress=progress)
+    return segment_sliding(network, data, device, window=meta.window,
+                           stride=meta.window // 2, precision=precision, progress=progress)
 
 
 def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
@@ -93,26 +94,29 @@ def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
 
 
 def pick_tomogram(
-    model_path: str | os.PathLike,
-    tomogram_path: str | os.PathLike,
+    model: Model,
+    tomogram: TomogramInput,
     device: torch.device,
-    mode: str = "tiled",
+    mode: PickMode = "tiled",
     min_score: float | None = None,
-    precision: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-    components: str = DEFAULT_COMPONENTS,
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
+    components: ComponentMode = DEFAULT_COMPONENTS,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
+    model_name: str = "model",
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
     cut-offs from its training labels (:func:`model_cutoffs`). ``invert_contrast``
     negates the tomogram first (protein bright here, dark in the training data, or
-    the reverse). ``voxel_size`` (Å) replaces the header's voxel size.
+    the reverse). ``voxel_size`` (Å) replaces the tomogram's own. The other arguments
+    are :func:`segment_tomogram`'s.
     """
-    segmentation, meta = segment_tomogram(model_path, tomogram_path, device, mode, precision,
-                                          progress, invert_contrast, voxel_size)
+    segmentation = segment_tomogram(model, tomogram, device, mode, precision, progress,
+                                    invert_contrast, voxel_size, model_name)
+    meta = model.metadata
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     return extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                              components=components)

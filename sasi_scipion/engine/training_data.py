@@ -1,12 +1,19 @@
-"""Load and check what training needs: tomograms, labels, radii, voxel size."""
+"""Load and check what training needs: tomograms, labels, radii, voxel size.
+
+A tomogram is an MRC file or a :class:`~.mrc_io.Volume` (a ``(z, y, x)`` array with
+its voxel size in Å); labels are a coordinate file or a :class:`ParticleTable`
+(voxels ``(x, y, z)``). Errors name the inputs as ``errors.input_name`` says: the
+library's parameters (``tomograms[1]``), or the ``sasi`` command's flags.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -17,14 +24,26 @@ from .coordinates import (
     inside_volume,
 )
 from .defaults import VOXEL_SIZE_TOLERANCE
-from .errors import SasiInputError
+from .errors import SasiInputError, input_name
 from .formats import Reference, read_coordinates
 from .limits import BACKGROUND_CLASS, radius_problem, split_class_value
 from .masks import sphere_label_volume
-from .mrc_io import MrcInfo, inspect_mrc, read_tomogram, size_problem
+from .mrc_io import (
+    MrcInfo,
+    TomogramInput,
+    Volume,
+    check_tomogram_array,
+    inspect_mrc,
+    load_tomogram,
+    size_problem,
+    tomogram_source,
+)
 from .normalize import normalise
 
 ANY_CLASS = "*"
+"""Key of ``radii`` that gives every class without a radius of its own."""
+LabelsInput = Union[str, os.PathLike, ParticleTable]
+"""Labels of one tomogram: a coordinate file (any format) or a table (voxels ``x, y, z``)."""
 
 
 @dataclass
@@ -52,14 +71,15 @@ class TrainingData:
 
 
 def parse_radii(specs: Sequence[str]) -> dict[str, float]:
-    """Parse ``CLASS=R`` (or a bare ``R`` for every class) radius options, in voxels."""
+    """Parse ``CLASS=R`` (or a bare ``R`` for every class: :data:`ANY_CLASS`) radius
+    specifications, in voxels (``sasi --radius``)."""
     radii: dict[str, float] = {}
     for spec in specs:
         name, radius = split_class_value(spec)
         if not (math.isfinite(radius) and radius > 0):
             raise SasiInputError(
-                f"--radius {spec}: expected CLASS=R or R with R a finite, positive number "
-                "of voxels"
+                f"{input_name('radii')} {spec}: expected CLASS=R or R with R a finite, "
+                "positive number of voxels"
             )
         radii[name or ANY_CLASS] = radius
     return radii
@@ -81,8 +101,10 @@ def common_voxel_size(sizes: Sequence[float | None], sources: Sequence[str]) -> 
     return known[0][0] if known else None
 
 
-def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int) -> list[float]:
-    """Radius per class from parsed ``--radius`` options.
+def class_radii(class_names: Sequence[str], radii: Mapping[str, float],
+                window: int) -> list[float]:
+    """Radius per class (voxels) from ``radii`` (class name, or :data:`ANY_CLASS`, to
+    voxels).
 
     Raises:
         SasiInputError: a class without a radius, a radius under a voxel or one
@@ -94,7 +116,7 @@ def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int
         radius = radii.get(name, radii.get(ANY_CLASS))
         if radius is None:
             raise SasiInputError(
-                f"class {name!r} has no radius; add --radius {name}=R (R in voxels)"
+                f"class {name!r} has no radius; add {input_name('radii', name)}=R (R in voxels)"
             )
         problem = radius_problem(name, radius, window)
         if problem:
@@ -103,32 +125,40 @@ def class_radii(class_names: Sequence[str], radii: dict[str, float], window: int
     return result
 
 
-def check_tomograms(given: Sequence[tuple[str, str]], window: int) -> list[MrcInfo]:
-    """Check tomograms ``(option, path)`` from their headers (``mrc_io.inspect_mrc``,
-    then the size) and refuse one given twice; return what the headers say."""
-    seen: dict[str, str] = {}
-    for option, path in given:
-        real = os.path.realpath(path)
-        if real in seen:
-            raise SasiInputError(
-                f"{option} {path}: the tomogram {seen[real]} is already given; give each "
-                "tomogram once"
-            )
-        seen[real] = path
-    infos = [inspect_mrc(path) for _, path in given]
-    for (_, path), info in zip(given, infos):
-        problem = size_problem(path, info.shape, window)
+def check_tomograms(given: Sequence[tuple[str, TomogramInput]], window: int) -> list[MrcInfo]:
+    """Check tomograms ``(input name, tomogram)`` from their headers
+    (``mrc_io.inspect_mrc``; an array's shape), then the size, and refuse one given
+    twice; return their shapes and voxel sizes."""
+    seen: dict[object, str] = {}
+    for name, tomogram in given:
+        key = id(tomogram.data) if isinstance(tomogram, Volume) else os.path.realpath(tomogram)
+        if key in seen:
+            given_as = "" if isinstance(tomogram, Volume) else f" {tomogram}"
+            raise SasiInputError(f"{name}{given_as}: the tomogram {seen[key]} is already "
+                                 "given; give each tomogram once")
+        seen[key] = tomogram_source(tomogram, name)
+    infos = [check_tomogram_array(t, name) if isinstance(t, Volume) else inspect_mrc(t)
+             for name, t in given]
+    for (name, tomogram), info in zip(given, infos):
+        problem = size_problem(tomogram_source(tomogram, name), info.shape, window)
         if problem:
             raise SasiInputError(problem)
     return infos
 
 
-def _reference(info: MrcInfo, tomogram: str, voxel_size: float | None = None) -> Reference:
-    """What the header of a labelled tomogram (its voxel size replaced by ``voxel_size``,
-    Å, when given) tells its coordinate file's format."""
-    return Reference(shape=info.shape, voxel_size=voxel_size or info.voxel_size,
-                     name=Path(tomogram).stem,
-                     fix=f"set the pixel size in the header of {tomogram}")
+def _labels(labels: LabelsInput, info: MrcInfo, tomogram: TomogramInput, name: str,
+            voxel_size: float | None) -> ParticleTable:
+    """The labels of one tomogram with duplicates removed: a table as given, or a
+    coordinate file read in the voxels of the tomogram (``info``; its voxel size
+    replaced by ``voxel_size``, Å, when given); ``name`` names the tomogram."""
+    if isinstance(labels, ParticleTable):
+        return drop_duplicates(labels, name)
+    source = tomogram_source(tomogram, name)
+    fix = (f"give {name} a voxel size" if isinstance(tomogram, Volume)
+           else f"set the pixel size in the header of {tomogram}")
+    reference = Reference(shape=info.shape, voxel_size=voxel_size or info.voxel_size,
+                          name=Path(source).stem, fix=fix)
+    return drop_duplicates(read_coordinates(labels, reference), str(labels))
 
 
 @dataclass
@@ -151,34 +181,43 @@ class LabelPlan:
 
 
 def plan_labels(
-    tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int, voxel_size: float | None = None,
+    tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
+    radii: Mapping[str, float], window: int, voxel_size: float | None = None,
 ) -> LabelPlan:
-    """Check every labelled input from the tomograms' headers and the coordinate files.
-    ``voxel_size`` (Å, ``--voxel-size``) replaces the headers' voxel sizes.
+    """Check every labelled input from the tomograms' headers and the labels.
+
+    Args:
+        tomograms: the labelled tomograms.
+        labels: one coordinate file or table per tomogram, in the same order.
+        radii: class name (or :data:`ANY_CLASS`) to particle radius, voxels.
+        window: the network's window edge, voxels.
+        voxel_size: Å per voxel replacing the tomograms' own.
 
     Raises:
-        SasiInputError: unpaired files, a bad tomogram header, duplicate tomograms,
-            a class with no radius, a ``--radius`` for a class that has no
-            particle, a class whose particles all lie outside their tomograms,
-            radii that do not fit the window, or differing voxel sizes.
+        SasiInputError: unpaired inputs, a bad tomogram, duplicate tomograms, a class
+            with no radius, a radius for a class that has no particle, a class whose
+            particles all lie outside their tomograms, radii that do not fit the
+            window, or differing voxel sizes.
     """
-    if not tomogram_paths:
-        raise SasiInputError("no --tomogram given; give at least one tomogram with --coords")
-    if len(tomogram_paths) != len(coords_paths):
+    tomo, coords = input_name("tomograms"), input_name("labels")
+    if not tomograms:
+        raise SasiInputError(f"no {tomo} given; give at least one tomogram with {coords}")
+    if len(tomograms) != len(labels):
         raise SasiInputError(
-            f"{len(tomogram_paths)} --tomogram but {len(coords_paths)} --coords; give one "
+            f"{len(tomograms)} {tomo} but {len(labels)} {coords}; give one "
             "coordinate file per tomogram, in the same order"
         )
-    radii = parse_radii(radius_specs)
     if BACKGROUND_CLASS in radii:
         raise SasiInputError(
-            f"--radius {BACKGROUND_CLASS}={radii[BACKGROUND_CLASS]:g}: points of class "
-            f"{BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
+            f"{input_name('radii', BACKGROUND_CLASS)}={radii[BACKGROUND_CLASS]:g}: points of "
+            f"class {BACKGROUND_CLASS!r} are not particles and need no radius; remove the option"
         )
-    infos = check_tomograms([("--tomogram", path) for path in tomogram_paths], window)
-    both = [drop_duplicates(read_coordinates(path, _reference(info, tomogram, voxel_size)), path)
-            for path, info, tomogram in zip(coords_paths, infos, tomogram_paths)]
+    names = [input_name("tomograms", i) for i in range(len(tomograms))]
+    infos = check_tomograms(list(zip(names, tomograms)), window)
+    label_names = [str(t) if not isinstance(t, ParticleTable) else input_name("labels", i)
+                   for i, t in enumerate(labels)]
+    both = [_labels(table, info, tomogram, name, voxel_size)
+            for table, info, tomogram, name in zip(labels, infos, tomograms, names)]
     negatives = [table.subset(table.classes == BACKGROUND_CLASS) for table in both]
     read = [table.subset(table.classes != BACKGROUND_CLASS) for table in both]
     if not any(len(table) for table in read):
@@ -190,9 +229,9 @@ def plan_labels(
     unused = [name for name in radii if name != ANY_CLASS and name not in labelled]
     if unused:
         raise SasiInputError(
-            f"--radius {unused[0]}={radii[unused[0]]:g}: no particle of class {unused[0]!r} "
-            f"in the coordinate files (classes: {', '.join(labelled)}); fix the class name "
-            "or remove the option"
+            f"{input_name('radii', unused[0])}={radii[unused[0]]:g}: no particle of class "
+            f"{unused[0]!r} in the coordinate files (classes: {', '.join(labelled)}); fix the "
+            "class name or remove the option"
         )
     inside = [table.subset(inside_volume(table, info.shape)) for table, info in zip(read, infos)]
     class_names = sorted({name for table in inside for name in table.class_names})
@@ -207,34 +246,36 @@ def plan_labels(
             f"class {lost[0]!r}: every one of its particles lies outside its tomogram; check "
             "their coordinates (voxels, x y z) or remove the class from the coordinate files"
         )
-    tables = [drop_outside(table, info.shape, path)
-              for table, info, path in zip(read, infos, coords_paths)]
+    tables = [drop_outside(table, info.shape, name)
+              for table, info, name in zip(read, infos, label_names)]
     return LabelPlan(
         particles=tables,
         class_names=class_names,
         radii=class_radii(class_names, radii, window),
         voxel_size=voxel_size or common_voxel_size([info.voxel_size for info in infos],
-                                                   list(tomogram_paths)),
-        negatives=[drop_outside(table, info.shape, f"{path} ({BACKGROUND_CLASS})")
-                   for table, info, path in zip(negatives, infos, coords_paths)],
+                                                   [tomogram_source(t, n) for t, n in
+                                                    zip(tomograms, names)]),
+        negatives=[drop_outside(table, info.shape, f"{name} ({BACKGROUND_CLASS})")
+                   for table, info, name in zip(negatives, infos, label_names)],
     )
 
 
 def load_training_data(
-    tomogram_paths: Sequence[str], coords_paths: Sequence[str], radius_specs: Sequence[str],
-    window: int, voxel_size: float | None = None,
+    tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
+    radii: Mapping[str, float], window: int, voxel_size: float | None = None,
 ) -> TrainingData:
-    """Check (``plan_labels``), read and label the training tomograms (one coordinate
-    file per tomogram); ``voxel_size`` (Å, ``--voxel-size``) replaces the headers'."""
-    plan = plan_labels(tomogram_paths, coords_paths, radius_specs, window, voxel_size)
-    raw = [read_tomogram(path, window, voxel_size).data for path in tomogram_paths]
-    labels = [
+    """Check (:func:`plan_labels`), read and label the training tomograms (one label
+    file or table per tomogram); ``voxel_size`` (Å) replaces the tomograms' own."""
+    plan = plan_labels(tomograms, labels, radii, window, voxel_size)
+    raw = [load_tomogram(t, input_name("tomograms", i), window, voxel_size).data
+           for i, t in enumerate(tomograms)]
+    label_maps = [
         sphere_label_volume(data.shape, table, plan.class_names, plan.radii)
         for data, table in zip(raw, plan.particles)
     ]
     return TrainingData(
         volumes=[normalise(data) for data in raw],
-        label_maps=labels,
+        label_maps=label_maps,
         particles=plan.particles,
         class_names=plan.class_names,
         radii=plan.radii,
@@ -243,12 +284,17 @@ def load_training_data(
     )
 
 
-def load_unlabelled(paths: Sequence[str], window: int, option: str = "--tomogram",
+def load_unlabelled(tomograms: Sequence[TomogramInput], window: int,
+                    parameter: str = "tomograms",
                     voxel_size: float | None = None) -> tuple[list[np.ndarray], float | None]:
     """Normalised tomograms for self-supervision, and their shared voxel size (Å):
-    ``voxel_size`` (``--voxel-size``) when given, else the headers'."""
-    if not paths:
-        raise SasiInputError(f"no {option} given; give at least one tomogram")
-    infos = check_tomograms([(option, path) for path in paths], window)
-    shared = voxel_size or common_voxel_size([info.voxel_size for info in infos], list(paths))
-    return [normalise(read_tomogram(p, window, voxel_size).data) for p in paths], shared
+    ``voxel_size`` when given, else their own. ``parameter`` names them in errors."""
+    if not tomograms:
+        raise SasiInputError(f"no {input_name(parameter)} given; give at least one tomogram")
+    names = [input_name(parameter, i) for i in range(len(tomograms))]
+    infos = check_tomograms(list(zip(names, tomograms)), window)
+    shared = voxel_size or common_voxel_size(
+        [info.voxel_size for info in infos],
+        [tomogram_source(t, n) for t, n in zip(tomograms, names)])
+    return [normalise(load_tomogram(t, n, window, voxel_size).data)
+            for t, n in zip(tomograms, names)], shared
