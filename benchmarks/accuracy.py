@@ -59,6 +59,7 @@ from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.metrics import Scores, evaluate_czii, evaluate_occupancy
+from sasi_scipion.engine.model_file import Model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
 from sasi_scipion.engine.picking import segment_tomogram
@@ -233,11 +234,11 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
         if entry["labels"] is None:
             continue
         model = work / f"{entry['row']}_{entry['labels']}_{entry['seed']}.pt"
-        segmentations = {}
-        for name in [TRAINING_TOMOGRAM, *tests]:
-            segmentations[name], meta, _ = segment_tomogram(model, data / f"{name}.mrc",
-                                                            torch.device("cpu"),
-                                                            entry.get("pick_mode", "tiled"))
+        loaded = Model.load(model)
+        meta = loaded.metadata
+        segmentations = {name: segment_tomogram(loaded, data / f"{name}.mrc", torch.device("cpu"),
+                                                entry.get("pick_mode", "tiled"))[0]
+                         for name in [TRAINING_TOMOGRAM, *tests]}
         training = segmentations.pop(TRAINING_TOMOGRAM)
         labels = read_particles(work / f"labels_{entry['labels']}_{entry['seed']}.tsv")
         for mode, threshold in [(m, t) for m in components

@@ -56,6 +56,7 @@ from pick_speed import (
 )
 from train_speed import (
     BUDGETS,
+    DEMO_SHAPE_OPTION,
     TARGET_F1,
     default_trainer,
     prepare,
@@ -65,7 +66,8 @@ from train_speed import (
 )
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles
-from sasi_scipion.engine.demo import DEMO_ITERATIONS, DEMO_SHAPE
+from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS
+from sasi_scipion.engine.demo import DEMO_ITERATIONS
 from sasi_scipion.engine.device import resolve_device
 from sasi_scipion.engine.inference import (
     LOW_PRECISION_DTYPES,
@@ -80,7 +82,6 @@ from sasi_scipion.engine.model_file import load_model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
 from sasi_scipion.engine.postprocess import extract_particles
-from sasi_scipion.engine.train_command import DEFAULT_ITERATIONS
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 
 DTYPES = {"fp32": torch.float32, **LOW_PRECISION_DTYPES}
@@ -113,7 +114,7 @@ class Profile:
     """Tile budgets tried besides the default, as multiples of it."""
 
 
-FULL = Profile(floor_edges=(EDGE, LAYER_EDGE), floor_runs=(3, 10), demo_shape=DEMO_SHAPE,
+FULL = Profile(floor_edges=(EDGE, LAYER_EDGE), floor_runs=(3, 10), demo_shape=DEMO_SHAPE_OPTION,
                train_runs=(3, 20), train_settings=(), train_options=(),
                budgets=(*BUDGETS, 1000, 2000), model_budget=DEMO_ITERATIONS,
                pick_sizes=((64, 128, 128), (200, 512, 512), (300, 1024, 1024)),

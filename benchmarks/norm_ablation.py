@@ -38,7 +38,7 @@ from sasi_scipion.engine.normalize import normalise
 from sasi_scipion.engine.postprocess import extract_particles
 from sasi_scipion.engine.progress import ProgressLog
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
-from sasi_scipion.engine.training_data import load_training_data
+from sasi_scipion.engine.training_data import load_training_data, parse_radii
 
 ENGINE_BLOCK = deepfinder._conv_block
 
@@ -78,7 +78,7 @@ def run(work: Path, variant: str, labels_per_class: int, seed: int, ssl: str,
     radii = [f"{c}={r}" for c, r in dataset["radii"].items() if c not in dataset["unscored"]]
     deepfinder._conv_block = _batch_norm_block if variant == "bn" else ENGINE_BLOCK
     data = load_training_data([str(data_dir / f"{TRAINING_TOMOGRAM}.mrc")], [str(labels)],
-                              radii, 24)
+                              parse_radii(radii), 24)
     torch.manual_seed(seed)
     model = build_backbone("deepfinder", len(data.class_names) + 1)
     settings = TrainingSettings(iterations=iterations, seed=seed, ssl=ssl,

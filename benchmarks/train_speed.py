@@ -36,15 +36,17 @@ from report import write_report
 
 from sasi_scipion.engine.cli import main as sasi
 from sasi_scipion.engine.coordinates import read_particles, write_particles
+from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS, WINDOW
 from sasi_scipion.engine.demo import DEMO_LABELS_PER_CLASS, DEMO_SHAPE, few_labels
 from sasi_scipion.engine.metrics import evaluate_occupancy
 from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import read_volume
-from sasi_scipion.engine.train_command import DEFAULT_ITERATIONS, WINDOW
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
-from sasi_scipion.engine.training_data import load_training_data
+from sasi_scipion.engine.training_data import load_training_data, parse_radii
 
 SEED = 0
+DEMO_SHAPE_OPTION = ",".join(map(str, DEMO_SHAPE))
+"""The demo's tomogram shape as ``sasi simulate --shape`` takes it (``z,y,x``)."""
 TARGET_F1 = 0.9
 """The demo's F1 target: pooled F1 on tomo_001, occupancy rule."""
 BUDGETS = (100, 200, 300, 600)
@@ -56,7 +58,7 @@ def _run(*argv: str) -> None:
         raise SystemExit(f"'sasi {' '.join(argv)}' failed (see above)")
 
 
-def prepare(work: Path, shape: str = DEMO_SHAPE) -> list[str]:
+def prepare(work: Path, shape: str = DEMO_SHAPE_OPTION) -> list[str]:
     """Simulate the demo data (two ``shape`` tomograms, ``z,y,x`` voxels) in ``work``, write
     its labels; return the radius options."""
     data = work / "data"
@@ -78,7 +80,7 @@ def default_trainer(work: Path, radii: list[str], device: torch.device,
     """A trainer of the ``sasi train`` default run on ``device`` (its default budget) for
     the labelled tomogram of ``prepare``; ``settings`` override ``TrainingSettings`` fields."""
     data = load_training_data([str(work / "data" / "tomo_000.mrc")],
-                              [str(work / "labels.tsv")], radii, WINDOW)
+                              [str(work / "labels.tsv")], parse_radii(radii), WINDOW)
     options = TrainingSettings(iterations=DEFAULT_ITERATIONS[device.type], window=WINDOW,
                                seed=SEED, **settings)  # type: ignore[arg-type]
     torch.manual_seed(SEED)
@@ -167,7 +169,7 @@ def main() -> None:
         steps = step_rates(trainer, args.iterations, args.warmup)
         f1_rows = time_to_f1(work, radii, args.budgets, args.target)
     reached = next((r for r in f1_rows if r["f1"] >= args.target), None)
-    write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=DEMO_SHAPE,
+    write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=DEMO_SHAPE_OPTION,
                  labels_per_class=DEMO_LABELS_PER_CLASS, seed=SEED, step_rates=steps,
                  target_f1=args.target,
                  time_to_target_s=reached["train_s"] if reached else None,

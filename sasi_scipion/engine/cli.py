@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import logging
 import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 
-from . import ENGINE_VERSION
+from . import ENGINE_VERSION, api
 from .atomic import atomic_output, check_outputs
-from .defaults import SSL_AUTO, SSL_SCHEDULES, UNSCORED_CLASSES
-from .errors import ERROR_FILE_VARIABLE, SasiInputError
+from .defaults import (
+    PICK_MODES,
+    PRECISIONS,
+    SSL_AUTO,
+    SSL_SCHEDULES,
+    TRAINING_PRECISIONS,
+    UNSCORED_CLASSES,
+)
+from .errors import ERROR_FILE_VARIABLE, SasiInputError, SasiWarning, named_as_flags
 from .formats import (
     DEFAULT_CLASS,
     FORMATS,
@@ -36,12 +44,10 @@ from .formats import (
     tomogram_reference,
     write_coordinates,
 )
-from .inference import PRECISIONS
 from .limits import BACKGROUND_CLASS, finite_problem, split_class_value, voxel_size_problem
-from .metrics import evaluate_czii, evaluate_distance, evaluate_occupancy
-from .model_file import read_model_file, sidecar_paths
-from .mrc_io import inspect_mrc, read_volume
-from .picking import PICK_MODES, pick_tomogram
+from .metrics import evaluate_czii
+from .model_file import model_summary, read_model_file, sidecar_paths
+from .mrc_io import inspect_mrc
 from .postprocess import COMPONENT_MODES, DEFAULT_COMPONENTS
 from .progress import ProgressLog
 from .runtime import describe_runtime
@@ -54,6 +60,18 @@ HEAVY_COMMANDS = ("pretrain", "train", "pick", "demo")
 """Commands that announce where they run (see ``runtime.describe_runtime``)."""
 CZII_REPORT = "czii_fbeta4"
 """Key of the CZII challenge block (F-beta, beta 4) in ``sasi evaluate --json``."""
+FLAGS = {
+    "tomograms": "--tomogram", "tomogram": "--tomogram", "labels": "--coords",
+    "radii": "--radius", "unlabelled": "--unlabelled", "pretrained": "--pretrained",
+    "model": "--model", "occupancy": "--occupancy", "arch": "--arch",
+    "batch_norm": "--no-batch-norm", "device": "--device", "mode": "--mode",
+    "min_score": "--min-score", "voxel_size": "--voxel-size",
+    "settings.iterations": "--iterations", "settings.seed": "--seed",
+    "settings.learning_rate": "--learning-rate", "settings.ema_decay": "--ema-decay",
+    "settings.batch_size": "--batch-size", "settings.ssl": "--ssl",
+}
+"""The flag of each library parameter, which the command's messages name
+(``errors.named_as_flags``)."""
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -124,7 +142,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
                         help="the SaSi paper's DeepFinder U-Net as published, without the "
                              "batch normalisation sasi adds after every convolution (which "
                              "learns the classes much faster); deepfinder only")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS, default="fp32",
                         help="fp32 (default) or bf16 autocast: 4x faster steps on an AMX CPU "
                              "but slower learning per step (measured)")
     parser.add_argument("--ema-decay", type=float, default=TrainingSettings.ema_decay,
@@ -308,14 +326,16 @@ def _parallel_training(args: argparse.Namespace, argv: Sequence[str]) -> int | N
     from .device import resolve_device
     from .distributed import in_worker, relaunch_with_torchrun
     from .train_command import WINDOW, check_training_args
-    from .training_data import plan_labels
+    from .training_data import parse_radii, plan_labels
 
     if args.command not in ("train", "pretrain") or args.processes == 1 or in_worker():
         return None
     check_training_args(args, pretrain=args.command == "pretrain")
     if args.command == "train":  # so that bad labels end with status 2, not torchrun's 1
-        with contextlib.redirect_stderr(io.StringIO()):  # the workers print the warnings
-            plan_labels(args.tomogram, args.coords, args.radius, WINDOW, args.voxel_size)
+        with warnings.catch_warnings():  # the workers give the warnings
+            warnings.simplefilter("ignore", SasiWarning)
+            plan_labels(args.tomogram, args.coords, parse_radii(args.radius), WINDOW,
+                        args.voxel_size)
     if args.batch_size % args.processes:
         raise SasiInputError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"--processes {args.processes}: use a multiple of {args.processes}")
@@ -352,9 +372,10 @@ def _run_pick(args: argparse.Namespace) -> None:
             log.total = total
             log.update(done)
 
-        picks = pick_tomogram(args.model, args.tomogram, device, args.mode, args.min_score,
-                              args.precision, progress=report, components=args.components,
-                              invert_contrast=args.invert_contrast, voxel_size=args.voxel_size)
+        picks = api.pick(args.model, args.tomogram, mode=args.mode, min_score=args.min_score,
+                         device=str(device), progress=report, components=args.components,
+                         precision=args.precision, invert_contrast=args.invert_contrast,
+                         voxel_size=args.voxel_size)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)
@@ -393,16 +414,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     names = sorted(set(truth.class_names))
     truth_radii = dict(zip(names, class_radii(names, radii, 10**6))) if radii else None
     unscored = args.unscored if args.unscored is not None else UNSCORED_CLASSES
-    if args.occupancy:
-        occupancy = read_volume(args.occupancy, check_values=False).data.astype("int64")
-        result = evaluate_occupancy(picks, truth, occupancy, unscored=unscored)
-    elif truth_radii is None:
+    if not args.occupancy and truth_radii is None:
         raise SasiInputError(
             "the distance rule needs radii: give --radius CLASS=R, --model M.pt, "
             "or --occupancy for the SHREC rule"
         )
-    else:
-        result = evaluate_distance(picks, truth, truth_radii)
+    result = api.evaluate(picks, truth, occupancy=args.occupancy, radii=truth_radii,
+                          unscored=unscored)
     report, text = result.to_dict(), result.format_table()
     if truth_radii is not None:
         czii = evaluate_czii(picks, truth, truth_radii,
@@ -438,12 +456,8 @@ def _run_info(args: argparse.Namespace) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SasiInputError(f"{card_path}: damaged side-car ({error}); delete it (the "
                              "model file holds the same)") from error
-    summary = {"model": str(args.model), "arch": meta.arch, "classes": meta.classes,
-               "radii": meta.radii, "window": meta.window, "voxel_size": meta.voxel_size,
-               "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
-               "contrast": meta.contrast,
-               "parameters": int(sum(t.numel() for t in state.values())),
-               "engine_version": meta.engine_version, "sidecar": card is not None}
+    summary = {"model": str(args.model), **model_summary(meta, state),
+               "sidecar": card is not None}
     print(json.dumps(summary, indent=2))
 
 
@@ -452,7 +466,8 @@ def _run_demo(args: argparse.Namespace) -> None:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise SasiInputError(f"--out {args.out}: is a file; the demo needs a work folder")
-    run_demo(args.out, iterations=args.iterations, seed=args.seed, device_spec=args.device)
+    run_demo(args.out, iterations=args.iterations, seed=args.seed, device_spec=args.device,
+             sasi=main)
 
 
 COMMANDS = {
@@ -485,6 +500,38 @@ def _write_error_file(message: str) -> None:
         print(f"sasi: cannot write {ERROR_FILE_VARIABLE} {path}: {error}", file=sys.stderr)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: object = None, line: str | None = None) -> None:
+    """A library warning as one ``warning: ...`` line on stderr; others as Python
+    shows them."""
+    text = (f"warning: {message}\n" if issubclass(category, SasiWarning)
+            else warnings.formatwarning(message, category, filename, lineno, line))
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _command_context() -> Iterator[None]:
+    """Messages name the flags, library warnings are ``warning:`` lines and the
+    engine's progress notes plain lines on stderr, for the time of one command."""
+    logger = logging.getLogger(__package__)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with named_as_flags(FLAGS), warnings.catch_warnings():
+            warnings.simplefilter("always", SasiWarning)
+            warnings.showwarning = _show_warning
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sasi`` console script; returns the exit status.
 
@@ -498,10 +545,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command in HEAVY_COMMANDS:
             print(f"sasi {args.command}: {describe_runtime()}", file=sys.stderr, flush=True)
-        status = _parallel_training(args, argv)
-        if status is not None:
-            return status
-        COMMANDS[args.command](args)
+        with _command_context():
+            status = _parallel_training(args, argv)
+            if status is not None:
+                return status
+            COMMANDS[args.command](args)
     except SasiInputError as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     except FloatingPointError as error:

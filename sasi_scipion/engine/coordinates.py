@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_output
-from .errors import SasiInputError
+from .errors import SasiInputError, SasiWarning
 
 COLUMNS = ("x", "y", "z", "class")
 
@@ -152,7 +152,7 @@ def write_particles(path: str | os.PathLike, table: ParticleTable) -> None:
 
 def drop_duplicates(table: ParticleTable, source: str = "") -> ParticleTable:
     """Remove repeated particles: a later particle of the same class at the same voxel
-    (centres rounded to voxels) as an earlier one. Prints a warning on stderr that
+    (centres rounded to voxels) as an earlier one, with a :class:`SasiWarning` that
     counts them.
 
     Raises:
@@ -172,11 +172,10 @@ def drop_duplicates(table: ParticleTable, source: str = "") -> ParticleTable:
                 f"labelled both {seen[key]!r} and {str(name)!r}; keep one label per particle"
             )
     if not keep.all():
-        print(
-            f"warning: {source or 'coordinates'}: removed {int((~keep).sum())} duplicate "
+        warnings.warn(
+            f"{source or 'coordinates'}: removed {int((~keep).sum())} duplicate "
             f"particle(s) (same class at the same voxel as an earlier one)",
-            file=sys.stderr,
-        )
+            SasiWarning, stacklevel=2)
     return table.subset(keep)
 
 
@@ -192,15 +191,14 @@ def drop_outside(
 ) -> ParticleTable:
     """Remove particles whose centre lies outside a volume of shape ``(z, y, x)``.
 
-    Prints a warning on stderr that counts the dropped particles.
+    A :class:`SasiWarning` counts the dropped particles.
     """
     upper = np.array(shape_zyx[::-1], dtype=np.float64) - 0.5
     inside = inside_volume(table, shape_zyx)
     dropped = int((~inside).sum())
     if dropped:
-        print(
-            f"warning: {source or 'coordinates'}: dropped {dropped} of {len(table)} "
+        warnings.warn(
+            f"{source or 'coordinates'}: dropped {dropped} of {len(table)} "
             f"particle(s) outside the volume (x, y, z < {tuple(int(u + 0.5) for u in upper)})",
-            file=sys.stderr,
-        )
+            SasiWarning, stacklevel=2)
     return table.subset(inside)

@@ -7,7 +7,10 @@ engine modules import it from here.
 
 from __future__ import annotations
 
-BACKBONE_NAMES = ("deepfinder", "resunet", "vit")
+from typing import Literal, get_args
+
+Backbone = Literal["deepfinder", "resunet", "vit"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
 """Backbone names, in the order of the forms' 'Network' choices; the first is the
 default (the SaSi paper's U-Net). ``models.BACKBONES`` maps them to classes."""
 DEFAULT_BACKBONE = BACKBONE_NAMES[0]
@@ -16,18 +19,25 @@ BATCH_NORM = True
 (``--no-batch-norm`` and the forms' 'Batch normalisation' switch turn it off for the
 paper's net): with it the net learned the accuracy benchmark's 12 classes in 150
 steps, without it hardly (``docs/method.md``)."""
-PICK_MODES = ("tiled", "sliding")
+PickMode = Literal["tiled", "sliding"]
+PICK_MODES: tuple[str, ...] = get_args(PickMode)
 """Inference modes of ``sasi pick``; the first is the default."""
-SSL_SCHEDULES = ("iss", "pss", "none")
+SslSchedule = Literal["iss", "pss", "none"]
+SSL_SCHEDULES: tuple[str, ...] = get_args(SslSchedule)
 """SimCLR schedules of ``sasi train`` (``auto`` picks one of them)."""
 SSL_AUTO = "auto"
 """``--ssl`` value that means ``iss``, or ``none`` with a pre-trained model."""
-COMPONENT_MODES = ("argmax", "foreground", "peaks")
+ComponentMode = Literal["argmax", "foreground", "peaks"]
+COMPONENT_MODES: tuple[str, ...] = get_args(ComponentMode)
 """How voxels are grouped into particles (see ``postprocess``)."""
 DEFAULT_COMPONENTS = "peaks"
 """The component mode ``sasi pick`` uses unless told otherwise."""
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Inference precisions of ``sasi pick``."""
+TrainingPrecision = Literal["fp32", "bf16"]
+TRAINING_PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
+"""Arithmetic of training steps (``TrainingSettings.precision``)."""
 BATCH_SIZE = 16
 """Windows per supervised or SimCLR training batch (the paper's value)."""
 WINDOW = 24

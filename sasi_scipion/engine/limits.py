@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import input_name
+
 MAX_ITERATIONS = 1_000_000
 """Most optimisation steps a run may ask for: 100 times the paper's budget."""
 MAX_SEED = 2**32 - 1
@@ -55,36 +57,36 @@ def radius_problem(name: str, radius: float, window: int) -> str | None:
 def iterations_problem(iterations: int) -> str | None:
     """Why ``iterations`` cannot be a run's optimisation steps; ``None`` when it can."""
     if not 1 <= iterations <= MAX_ITERATIONS:
-        return (f"--iterations {iterations}: give 1 to {MAX_ITERATIONS} steps (the paper's "
-                "budget is about 10000)")
+        return (f"{input_name('settings.iterations')} {iterations}: give 1 to "
+                f"{MAX_ITERATIONS} steps (the paper's budget is about 10000)")
     return None
 
 
 def seed_problem(seed: int) -> str | None:
     """Why ``seed`` cannot seed a run; ``None`` when it can."""
     if not 0 <= seed <= MAX_SEED:
-        return f"--seed {seed}: give a whole number from 0 to {MAX_SEED}"
+        return f"{input_name('settings.seed')} {seed}: give a whole number from 0 to {MAX_SEED}"
     return None
 
 
-def finite_problem(option: str, value: float, low: float, high: float = math.inf,
+def finite_problem(name: str, value: float, low: float, high: float = math.inf,
                    low_open: bool = False) -> str | None:
-    """Why ``value`` of ``option`` is not a finite number in ``[low, high]`` (``(low,
-    high]`` with ``low_open``); ``None`` when it is."""
+    """Why ``value`` of input ``name`` (``errors.input_name``) is not a finite number
+    in ``[low, high]`` (``(low, high]`` with ``low_open``); ``None`` when it is."""
     above = value > low if low_open else value >= low
     if math.isfinite(value) and above and value <= high:
         return None
     bounds = f"{'above' if low_open else 'at least'} {low:g}" + (
         f" and at most {high:g}" if math.isfinite(high) else "")
-    return f"{option} {value:g}: give a finite number {bounds}"
+    return f"{name} {value:g}: give a finite number {bounds}"
 
 
 def voxel_size_problem(voxel_size: float | None) -> str | None:
-    """Why ``voxel_size`` (Å per voxel, ``--voxel-size``; ``None``: not given) cannot be
-    a tomogram's voxel size; ``None`` when it can."""
+    """Why ``voxel_size`` (Å per voxel; ``None``: not given) cannot be a tomogram's voxel
+    size; ``None`` when it can."""
     if voxel_size is None:
         return None
-    return finite_problem("--voxel-size", voxel_size, 0.0, low_open=True)
+    return finite_problem(input_name("voxel_size"), voxel_size, 0.0, low_open=True)
 
 
 def split_class_value(spec: str) -> tuple[str, float]:

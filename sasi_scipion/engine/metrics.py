@@ -26,7 +26,7 @@ import numpy as np
 
 from .coordinates import ParticleTable
 from .defaults import UNSCORED_CLASSES
-from .errors import SasiInputError
+from .errors import SasiInputError, input_name
 
 OCCUPANCY_RULE = "shrec2021-occupancy"
 DISTANCE_RULE = "distance"
@@ -368,8 +368,8 @@ def _truth_radii(truth: ParticleTable, radii: Mapping[str, float]) -> np.ndarray
     missing = sorted({c for c in truth_classes if c not in radii})
     if missing:
         raise SasiInputError(
-            f"no radius for truth class(es) {', '.join(missing)}; give --radius CLASS=R "
-            "(voxels) for each"
+            f"no radius for truth class(es) {', '.join(missing)}; give "
+            f"{input_name('radii', missing[0])}=R (voxels) for each"
         )
     return np.array([float(radii[c]) for c in truth_classes], dtype=np.float64)
 

@@ -237,3 +237,60 @@ def load_model(path: str | os.PathLike, device: torch.device) -> tuple[nn.Module
     """Rebuild the network of a model file on ``device`` in evaluation mode."""
     meta, state = read_model_file(path)
     return build_network(meta, state, str(path)).to(device).eval(), meta
+
+
+def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What ``sasi info`` shows of a model (JSON-ready): backbone, classes, radii
+    (voxels), window (voxels), voxel size (Å), whether pre-trained only, iterations,
+    contrast, parameter count (weights and buffers) and engine version."""
+    return {"arch": meta.arch, "classes": meta.classes, "radii": meta.radii,
+            "window": meta.window, "voxel_size": meta.voxel_size,
+            "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
+            "contrast": meta.contrast,
+            "parameters": int(sum(t.numel() for t in state.values())),
+            "engine_version": meta.engine_version}
+
+
+@dataclass
+class Model:
+    """A SaSi model: a network and what picking needs besides its weights.
+
+    Attributes:
+        network: the backbone (``models.BACKBONES``), mapping ``(B, 1, z, y, x)``
+            normalised windows to ``(B, K + 1, z, y, x)`` logits (channel 0:
+            background, channel i + 1: ``metadata.classes[i]``).
+        metadata: classes, radii (voxels), window (voxels), voxel size (Å), training
+            settings and loss history, score cut-offs, contrast.
+    """
+
+    network: nn.Module
+    metadata: ModelMetadata
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Model:
+        """Read a model file safely (``weights_only``; see :func:`read_model_file`),
+        on the CPU in evaluation mode.
+
+        Raises:
+            SasiModelFormatError: not a usable SaSi model file.
+        """
+        network, meta = load_model(path, torch.device("cpu"))
+        return cls(network, meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model file ``path`` (``.pt``) and its JSON side-car atomically."""
+        save_model(path, self.network, self.metadata)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary (:func:`model_summary`, as ``sasi info`` prints it)."""
+        return model_summary(self.metadata, self.network.state_dict())
+
+    @property
+    def classes(self) -> list[str]:
+        """The particle classes, in output-channel order (empty when pre-trained only)."""
+        return list(self.metadata.classes)
+
+    @property
+    def radii(self) -> dict[str, float]:
+        """Particle radius per class, voxels."""
+        return dict(zip(self.metadata.classes, self.metadata.radii))

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import mrcfile
 import numpy as np
 
 from .atomic import atomic_output
 from .defaults import VOXEL_SIZE_TOLERANCE
-from .errors import SasiInputError
+from .errors import SasiInputError, SasiWarning, input_name
 
 REAL_MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
 """MRC data modes the engine reads (int8, int16, float32, uint16, float16): bytes per voxel."""
@@ -189,15 +189,44 @@ def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
                 f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"
             ) from error
     if check_values:
-        if not np.isfinite(data).all():
-            raise SasiInputError(
-                f"{path}: holds NaN or infinite values; fix or re-export the tomogram"
-            )
-        if float(data.max()) == float(data.min()):
-            raise SasiInputError(
-                f"{path}: all voxels have the same value; this tomogram is empty"
-            )
+        _check_values(path, data)
     return Volume(data=data, voxel_size=info.voxel_size)
+
+
+def check_tomogram_array(volume: Volume, name: str, values: bool = False) -> MrcInfo:
+    """Check a tomogram given as an array, as :func:`inspect_mrc` (and with ``values``,
+    :func:`read_volume`) checks a file; ``name`` names it in messages.
+
+    Raises:
+        SasiInputError: not a 3D numeric array, a voxel size that is not a positive
+            number, or (with ``values``) NaN/inf values or a constant volume.
+    """
+    data = volume.data
+    if not (isinstance(data, np.ndarray) and data.ndim == 3
+            and np.issubdtype(data.dtype, np.number) and not np.iscomplexobj(data)):
+        raise SasiInputError(
+            f"{name}: expected a real 3D (z, y, x) numpy array, got "
+            f"{getattr(data, 'shape', type(data).__name__)}; give one tomogram per item")
+    if volume.voxel_size is not None and not (
+            math.isfinite(volume.voxel_size) and volume.voxel_size > 0):
+        raise SasiInputError(f"{name}: voxel size {volume.voxel_size:g} is not a positive "
+                             "number of Å per voxel; give the voxel size, or None")
+    if values:
+        _check_values(name, data)
+    shape = tuple(int(n) for n in data.shape)
+    return MrcInfo(shape=shape, voxel_size=volume.voxel_size)  # type: ignore[arg-type]
+
+
+def _check_values(source: str | os.PathLike, data: np.ndarray) -> None:
+    """Refuse NaN or infinite values, or a volume whose voxels all have one value."""
+    if not np.isfinite(data).all():
+        raise SasiInputError(
+            f"{source}: holds NaN or infinite values; fix or re-export the tomogram"
+        )
+    if float(data.max()) == float(data.min()):
+        raise SasiInputError(
+            f"{source}: all voxels have the same value; this tomogram is empty"
+        )
 
 
 def size_problem(path: str | os.PathLike, shape: tuple[int, int, int],
@@ -218,43 +247,69 @@ def unknown_voxel_size_warning(path: str | os.PathLike) -> str:
 
 
 def header_disagrees_warning(path: str | os.PathLike, header: float | None, given: float,
-                             source: str = "--voxel-size") -> str | None:
+                             source: str | None = None) -> str | None:
     """The warning for a tomogram whose header voxel size ``header`` (Å, ``None``:
-    none) differs from the voxel size ``given`` by ``source`` (Å); ``None`` when they
-    agree within :data:`VOXEL_SIZE_TOLERANCE` or the header holds none."""
+    none) differs from the voxel size ``given`` by ``source`` (Å; default: the
+    ``voxel_size`` input); ``None`` when they agree within :data:`VOXEL_SIZE_TOLERANCE`
+    or the header holds none."""
     if header is None or abs(header - given) <= VOXEL_SIZE_TOLERANCE * given:
         return None
+    source = source or input_name("voxel_size")
     return (f"{path}: the header says {header:.3f} Å per voxel, {source} says "
             f"{given:.3f} Å; using {given:.3f} Å (fix the header to silence this)")
 
 
 def tomogram_voxel_size(path: str | os.PathLike, header: float | None,
                         given: float | None) -> float | None:
-    """The voxel size (Å) to work with for a tomogram: ``given`` (``--voxel-size``, the
-    Scipion protocols' sampling rate) when there is one, with a warning on stderr when
-    the header disagrees; else the header's (``None``: unknown)."""
+    """The voxel size (Å) to work with for a tomogram: ``given`` (``voxel_size``, the
+    Scipion protocols' sampling rate) when there is one, with a :class:`SasiWarning`
+    when the header disagrees; else the header's (``None``: unknown)."""
     if given is None:
         return header
     warning = header_disagrees_warning(path, header, given)
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        warnings.warn(warning, SasiWarning, stacklevel=2)
     return given
 
 
 def read_tomogram(path: str | os.PathLike, window: int,
                   voxel_size: float | None = None) -> Volume:
     """:func:`read_volume` for a tomogram the network works on: refuses one smaller
-    than ``window``. Its voxel size is ``voxel_size`` (Å) when given, with a warning on
-    stderr when the header disagrees (:func:`tomogram_voxel_size`); else the header's,
-    with a warning when the header holds none."""
+    than ``window``. Its voxel size is ``voxel_size`` (Å) when given, with a
+    :class:`SasiWarning` when the header disagrees (:func:`tomogram_voxel_size`); else
+    the header's, with a warning when the header holds none."""
     volume = read_volume(path)
     problem = size_problem(path, volume.data.shape, window)
     if problem:
         raise SasiInputError(problem)
     if voxel_size is None and volume.voxel_size is None:
-        print(f"warning: {unknown_voxel_size_warning(path)}", file=sys.stderr)
+        warnings.warn(unknown_voxel_size_warning(path), SasiWarning, stacklevel=2)
     volume.voxel_size = tomogram_voxel_size(path, volume.voxel_size, voxel_size)
     return volume
+
+
+TomogramInput = Union[str, os.PathLike, Volume]
+"""A tomogram: an MRC file, or a ``(z, y, x)`` volume with its voxel size (Å)."""
+
+
+def tomogram_source(tomogram: TomogramInput, name: str) -> str:
+    """How messages name a tomogram: its path, or the input ``name`` of an array."""
+    return name if isinstance(tomogram, Volume) else str(tomogram)
+
+
+def load_tomogram(tomogram: TomogramInput, name: str, window: int,
+                  voxel_size: float | None = None) -> Volume:
+    """A tomogram the network works on, as ``float32`` ``(z, y, x)``: a file read by
+    :func:`read_tomogram`, or an array checked as a file would be (``name`` names it in
+    messages). Its voxel size is ``voxel_size`` (Å) when given, else its own."""
+    if not isinstance(tomogram, Volume):
+        return read_tomogram(tomogram, window, voxel_size)
+    info = check_tomogram_array(tomogram, name, values=True)
+    problem = size_problem(name, info.shape, window)
+    if problem:
+        raise SasiInputError(problem)
+    return Volume(np.asarray(tomogram.data, dtype=np.float32),
+                  tomogram_voxel_size(name, tomogram.voxel_size, voxel_size))
 
 
 def write_volume(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Sequence
+import logging
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -12,37 +12,40 @@ from torch import nn
 
 from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
-from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE
-from .errors import SasiInputError
-from .inference import segment_sliding, segment_tiled
-from .model_file import ModelMetadata, load_model
-from .mrc_io import Volume, read_tomogram
+from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE, ComponentMode, PickMode, Precision
+from .errors import SasiInputError, SasiWarning, input_name
+from .inference import ProgressCallback, segment_sliding, segment_tiled
+from .model_file import Model, ModelMetadata
+from .mrc_io import TomogramInput, Volume, load_tomogram, tomogram_source
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
 from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
 from .thresholds import score_cutoffs
 
+LOG = logging.getLogger(__package__)
 
-def check_pickable(meta: ModelMetadata, model_path: str | os.PathLike) -> None:
-    """Refuse a pre-trained-only model or another normalisation.
+
+def check_pickable(meta: ModelMetadata, model_name: str) -> None:
+    """Refuse a pre-trained-only model or another normalisation; ``model_name``
+    names the model in messages.
 
     Raises:
         SasiInputError: naming the fix.
     """
     if meta.pretrained_only:
         raise SasiInputError(
-            f"{model_path}: a pre-trained model has no particle classes; train it first "
+            f"{model_name}: a pre-trained model has no particle classes; train it first "
             "with 'sasi train --pretrained' and pick with the trained model"
         )
     if meta.normalisation != NORMALISATION:
         raise SasiInputError(
-            f"{model_path}: uses input normalisation {meta.normalisation!r}, this engine "
+            f"{model_name}: uses input normalisation {meta.normalisation!r}, this engine "
             f"applies {NORMALISATION!r}; retrain the model with this version"
         )
 
 
 def model_grid(meta: ModelMetadata, volume: Volume, source: str) -> tuple[int, ...]:
-    """The ``(z, y, x)`` shape ``volume`` (from file ``source``) has at the model's voxel
+    """The ``(z, y, x)`` shape ``volume`` (named ``source``) has at the model's voxel
     size: its own when the voxel sizes agree within ``VOXEL_SIZE_TOLERANCE`` or one of
     them is unknown, else the shape it is resampled to (``resample``).
 
@@ -67,52 +70,58 @@ def model_grid(meta: ModelMetadata, volume: Volume, source: str) -> tuple[int, .
 
 
 def segment_tomogram(
-    model_path: str | os.PathLike,
-    tomogram_path: str | os.PathLike,
+    model: Model,
+    tomogram: TomogramInput,
     device: torch.device,
-    mode: str = "tiled",
-    precision: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    mode: PickMode = "tiled",
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
-) -> tuple[Segmentation, ModelMetadata, tuple[int, ...]]:
+    model_name: str = "model",
+) -> tuple[Segmentation, tuple[int, ...]]:
     """Segment a tomogram (argmax class and its probability per voxel) at the model's
-    voxel size; return the segmentation, the model's metadata and the tomogram's own
-    ``(z, y, x)`` shape. A tomogram at another voxel size is resampled to the model's
-    first (``model_grid``; the segmentation is then on that grid, whose voxels
-    ``resample.to_source_voxels`` maps back). With ``invert_contrast``, of the
-    negated normalised tomogram. Warns on stderr when the tomogram, so prepared,
-    looks inverted relative to the model (``contrast.inversion_warning``). Its voxel
-    size is ``voxel_size`` (Å, ``--voxel-size``) when given, else its header's."""
+    voxel size; return the segmentation and the tomogram's own ``(z, y, x)`` shape. A
+    tomogram at another voxel size is resampled to the model's first (``model_grid``;
+    the segmentation is then on that grid, whose voxels ``resample.to_source_voxels``
+    maps back; a note goes to the engine's logger). With ``invert_contrast``, of the
+    negated normalised tomogram. Warns (:class:`SasiWarning`) when the tomogram, so
+    prepared, looks inverted relative to the model (``contrast.inversion_warning``).
+    Its voxel size is ``voxel_size`` (Å) when given, else its own. ``model_name``
+    names the model in messages."""
     if mode not in PICK_MODES:
-        raise SasiInputError(f"--mode {mode}: choose one of {', '.join(PICK_MODES)}")
-    model, meta = load_model(model_path, device)
-    check_pickable(meta, model_path)
-    volume = read_tomogram(tomogram_path, meta.window, voxel_size)
+        raise SasiInputError(
+            f"{input_name('mode')} {mode}: choose one of {', '.join(PICK_MODES)}")
+    meta = model.metadata
+    name = input_name("tomogram")
+    check_pickable(meta, model_name)
+    volume = load_tomogram(tomogram, name, meta.window, voxel_size)
+    source = tomogram_source(tomogram, name)
     source_shape = volume.data.shape
-    grid = model_grid(meta, volume, str(tomogram_path))
+    grid = model_grid(meta, volume, source)
     if grid != source_shape:
-        print(f"{tomogram_path}: resampling {' x '.join(map(str, source_shape))} voxels of "
-              f"{volume.voxel_size:.3f} Å to {' x '.join(map(str, grid))} at the model's "
-              f"{meta.voxel_size:.3f} Å; picks are given in the tomogram's own voxels",
-              file=sys.stderr)
+        LOG.info("%s: resampling %s voxels of %.3f Å to %s at the model's %.3f Å; picks "
+                 "are given in the tomogram's own voxels", source,
+                 " x ".join(map(str, source_shape)), volume.voxel_size,
+                 " x ".join(map(str, grid)), meta.voxel_size)
         data = normalise(resample(volume.data, grid))
     else:
         data = normalise(volume.data)
     del volume
     if invert_contrast:
         np.negative(data, out=data)
-    warning = inversion_warning(contrast_skew(data), meta.contrast_skew, str(tomogram_path))
+    warning = inversion_warning(contrast_skew(data), meta.contrast_skew, source)
     if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+        warnings.warn(warning, SasiWarning, stacklevel=2)
+    network = model.network.to(device).eval()
     if mode == "tiled":
-        segmentation = segment_tiled(model, data, device, precision=precision,
+        segmentation = segment_tiled(network, data, device, precision=precision,
                                      progress=progress)
     else:
-        segmentation = segment_sliding(model, data, device, window=meta.window,
+        segmentation = segment_sliding(network, data, device, window=meta.window,
                                        stride=meta.window // 2, precision=precision,
                                        progress=progress)
-    return segmentation, meta, source_shape
+    return segmentation, source_shape
 
 
 def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
@@ -122,35 +131,36 @@ def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
 
 
 def pick_tomogram(
-    model_path: str | os.PathLike,
-    tomogram_path: str | os.PathLike,
+    model: Model,
+    tomogram: TomogramInput,
     device: torch.device,
-    mode: str = "tiled",
+    mode: PickMode = "tiled",
     min_score: float | None = None,
-    precision: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-    components: str = DEFAULT_COMPONENTS,
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
+    components: ComponentMode = DEFAULT_COMPONENTS,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
+    model_name: str = "model",
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
     ``min_score`` drops particles scoring lower; ``None``: the model's per-class
     cut-offs from its training labels (:func:`model_cutoffs`). ``invert_contrast``
     negates the tomogram first (protein bright here, dark in the training data, or
-    the reverse). ``voxel_size`` (Å) replaces the header's voxel size. A tomogram at
-    another voxel size than the model's is picked resampled to it, and the centres
-    are given in the tomogram's own voxels.
+    the reverse). ``voxel_size`` (Å) replaces the tomogram's own. A tomogram at another
+    voxel size than the model's is picked resampled to it, and the centres are given
+    in the tomogram's own voxels. The other arguments are :func:`segment_tomogram`'s.
     """
-    segmentation, meta, source_shape = segment_tomogram(
-        model_path, tomogram_path, device, mode, precision, progress, invert_contrast,
-        voxel_size)
+    segmentation, source_shape = segment_tomogram(model, tomogram, device, mode, precision,
+                                                  progress, invert_contrast, voxel_size,
+                                                  model_name)
+    meta = model.metadata
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     picks = extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                               components=components)
-    shape = segmentation.labels.shape
-    if shape != source_shape:
-        picks.xyz = to_source_voxels(picks.xyz, source_shape, shape)
+    if segmentation.labels.shape != source_shape:
+        picks.xyz = to_source_voxels(picks.xyz, source_shape, segmentation.labels.shape)
     return picks
 
 

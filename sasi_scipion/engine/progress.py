@@ -8,7 +8,26 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, Protocol, TextIO
+
+
+class StepReport(Protocol):
+    """What a long loop reports its steps to (:class:`ProgressLog`, :class:`Callback`)."""
+
+    def update(self, step: int, **values: Any) -> None:
+        """Record that ``step`` (1-based) is done, with named values."""
+
+
+class Callback:
+    """Steps reported to ``callback(step, total)``, or nowhere when it is ``None``."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None) -> None:
+        self.total = total
+        self.callback = callback
+
+    def update(self, step: int, **values: Any) -> None:
+        if self.callback is not None:
+            self.callback(step, self.total)
 
 
 def _clock(seconds: float) -> str:

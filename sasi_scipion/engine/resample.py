@@ -24,6 +24,7 @@ import numpy as np
 from scipy import fft
 
 from .defaults import MAX_RESAMPLING_FACTOR
+from .errors import input_name
 
 CHUNK_VOXELS = 16_000_000
 """Voxels of one chunk of planes transformed at once (64 MB of float32; the
@@ -48,8 +49,8 @@ def resampling_problem(voxel_size: float, target_voxel_size: float, source: str,
     return (f"{source}: voxel size {voxel_size:.3f} Å is {ratio:.1f} times "
             f"{'finer' if voxel_size < target_voxel_size else 'coarser'} than {target}'s "
             f"{target_voxel_size:.3f} Å, more than the {MAX_RESAMPLING_FACTOR:g} times sasi "
-            "resamples on the fly: if the header is wrong give --voxel-size, else bin or "
-            f"rescale the tomogram to about {target_voxel_size:.3f} Å first")
+            f"resamples on the fly: if the header is wrong give {input_name('voxel_size')}, "
+            f"else bin or rescale the tomogram to about {target_voxel_size:.3f} Å first")
 
 
 def resample(volume: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:

@@ -19,7 +19,9 @@ Choices where the paper is silent (all exposed in ``TrainingSettings``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +33,15 @@ from torch.optim.swa_utils import AveragedModel
 
 from .augment import center_crop, random_exact_transform
 from .checkpoint import evolving_state, restore_state
-from .defaults import BATCH_SIZE, WINDOW
+from .defaults import BATCH_SIZE, DEFAULT_ITERATIONS, WINDOW, SslSchedule, TrainingPrecision
 from .distributed import ALONE, Replica
+from .errors import SasiWarning, input_name
 from .infill import volume_infill
+from .limits import finite_problem, iterations_problem, seed_problem
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
 from .models.deepfinder import share_batch_statistics
 from .models.projection import ProjectionHead
-from .progress import ProgressLog
+from .progress import StepReport
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
 from .training_data import TrainingData
 
@@ -75,7 +79,8 @@ class TrainingSettings:
     """Hyper-parameters of one training run (JSON-ready, stored in the model file).
 
     Attributes:
-        iterations: optimisation steps.
+        iterations: optimisation steps; ``None``: ``defaults.DEFAULT_ITERATIONS`` of
+            the device (:meth:`for_device`).
         batch_size: windows per supervised or SimCLR batch (paper: 16).
         learning_rate: Adam step size of supervised steps (paper: 1e-4 for
             everything; 1e-3 learns the few labels in a CPU-sized budget).
@@ -103,7 +108,7 @@ class TrainingSettings:
             the initial weights fade quickly.
     """
 
-    iterations: int
+    iterations: int | None = None
     batch_size: int = BATCH_SIZE
     learning_rate: float = 1e-3
     ssl_learning_rate: float = 1e-4
@@ -113,13 +118,34 @@ class TrainingSettings:
     consistency: bool = True
     consistency_weight: float = 1.0
     consistency_batch: int = 8
-    ssl: str = "iss"
+    ssl: SslSchedule = "iss"
     ssl_fraction: float = 0.1
     pss_blocks: int = 10
     temperature: float = 0.1
     seed: int = 0
-    precision: str = "fp32"
+    precision: TrainingPrecision = "fp32"
     ema_decay: float = 0.0
+
+    def for_device(self, device_type: str) -> TrainingSettings:
+        """These settings with the default budget of ``device_type`` (``"cpu"``,
+        ``"cuda"``) when :attr:`iterations` is ``None``."""
+        if self.iterations is not None:
+            return self
+        return dataclasses.replace(self, iterations=DEFAULT_ITERATIONS[device_type])
+
+    def problem(self) -> str | None:
+        """Why these settings cannot train, naming the setting and the fix (iterations,
+        seed, learning rate, EMA decay, batch size); ``None`` when they can."""
+        def name(field: str) -> str:
+            return input_name(f"settings.{field}")
+        return (
+            (iterations_problem(self.iterations) if self.iterations is not None else None)
+            or seed_problem(self.seed)
+            or finite_problem(name("learning_rate"), self.learning_rate, 0.0, low_open=True)
+            or finite_problem(name("ema_decay"), self.ema_decay, 0.0, 0.9999)
+            or (None if self.batch_size >= 1 else
+                f"{name('batch_size')} {self.batch_size}: give a positive whole number")
+        )
 
 
 def ssl_iterations(settings: TrainingSettings) -> np.ndarray:
@@ -173,7 +199,9 @@ class SaSiTrainer:
         device: torch.device,
         replica: Replica = ALONE,
     ) -> None:
-        replica.check_divides(settings.batch_size, "--batch-size")
+        if settings.iterations is None:
+            raise ValueError("settings.iterations is None: give settings.for_device(...)")
+        replica.check_divides(settings.batch_size, input_name("settings.batch_size"))
         replica.check_divides(settings.consistency_batch, "the consistency batch")
         self.settings = settings
         self.device = device
@@ -262,7 +290,7 @@ class SaSiTrainer:
         if not torch.isfinite(total):  # the same verdict in every process
             raise FloatingPointError(
                 f"training diverged at iteration {iteration + 1} (loss {total.item()}); "
-                "lower --learning-rate"
+                f"lower {input_name('settings.learning_rate')}"
             )
         for group in self.optimizer.param_groups:
             group["lr"] = (self.settings.ssl_learning_rate if is_ssl
@@ -297,13 +325,14 @@ class SaSiTrainer:
 
     def run(
         self,
-        progress: ProgressLog,
+        progress: StepReport,
         history: Sequence[dict[str, float | str]] = (),
         after_step: Callable[[int, list[dict[str, float | str]]], None] | None = None,
     ) -> list[dict[str, float | str]]:
         """Run the iterations after those of ``history`` (the records of a resumed run;
-        empty: all of them), calling ``after_step(iterations done, history)`` after each;
-        return the loss history (one record per iteration)."""
+        empty: all of them), reporting each to ``progress`` and calling
+        ``after_step(iterations done, history)`` after it; return the loss history (one
+        record per iteration). A SimCLR collapse is a :class:`SasiWarning`."""
         history = list(history)
         warned = collapse_iteration(history) is not None
         for iteration in range(len(history), self.settings.iterations):
@@ -313,11 +342,12 @@ class SaSiTrainer:
                     history, self.settings.batch_size):
                 warned = True
                 record["warning"] = SIMCLR_COLLAPSE
-                print(f"warning: SimCLR collapsed at iteration {iteration + 1}: its loss has "
-                      f"stayed at ln(2B - 1) = {simclr_collapse_loss(self.settings.batch_size):.3f}"
-                      f" for {COLLAPSE_STEPS} steps, so every window gets the same embedding "
-                      "and self-supervision teaches nothing; train with --ssl none, or "
-                      "pre-train on more tomograms", file=progress.stream, flush=True)
+                warnings.warn(
+                    f"SimCLR collapsed at iteration {iteration + 1}: its loss has stayed at "
+                    f"ln(2B - 1) = {simclr_collapse_loss(self.settings.batch_size):.3f} for "
+                    f"{COLLAPSE_STEPS} steps, so every window gets the same embedding and "
+                    f"self-supervision teaches nothing; train with {input_name('settings.ssl')}"
+                    " none, or pre-train on more tomograms", SasiWarning, stacklevel=2)
             progress.update(iteration + 1, **{k: v for k, v in record.items() if k != "iteration"})
             if after_step is not None:
                 after_step(iteration + 1, history)

@@ -25,7 +25,7 @@ from sasi_scipion.engine.sampling import (
     grid_starts,
     simclr_views,
 )
-from sasi_scipion.engine.training_data import load_training_data
+from sasi_scipion.engine.training_data import ANY_CLASS, load_training_data
 
 
 def test_context_size_holds_a_rotated_window() -> None:
@@ -144,7 +144,7 @@ def test_training_data_keeps_background_points_apart(tmp_path) -> None:
     coords = tmp_path / "l.tsv"
     write_particles(coords, ParticleTable([[10, 12, 8], [30, 20, 16], [40, 40, 20], [5, 40, 9]],
                                           ["a", "b", "background", "background"]))
-    data = load_training_data([str(tomogram)], [str(coords)], ["3"], 24)
+    data = load_training_data([str(tomogram)], [str(coords)], {ANY_CLASS: 3.0}, 24)
     assert data.class_names == ["a", "b"]
     assert data.negatives[0].xyz.tolist() == [[40, 40, 20], [5, 40, 9]]
     assert set(np.unique(data.label_maps[0])) == {0, 1, 2}  # no sphere for background

@@ -140,8 +140,8 @@ def test_voxel_sizes_too_far_apart_to_resample(small_labels: Path, tmp_path: Pat
     argv = ["train", "--tomogram", str(tmp_path / "a.mrc"), "--coords", str(small_labels),
             "--tomogram", str(tmp_path / "b.mrc"), "--coords", str(small_labels),
             "--radius", "3", "--out", str(tmp_path / "m.pt"), "--device", "cpu"]
-    _fails(argv, capsys, "b.mrc: voxel size 2.000 Å is 5.0 times finer than the first "
-           "tomogram's 10.000 Å", "if the header is wrong give --voxel-size")
+    _fails(argv, capsys, f"b.mrc: voxel size 2.000 Å is 5.0 times finer than {tmp_path}/a.mrc's "
+           "10.000 Å", "if the header is wrong give --voxel-size")
 
 
 def test_unpaired_coordinates(small_tomogram: Path, small_labels: Path, tmp_path: Path,

@@ -21,7 +21,7 @@ from sasi_scipion.engine.formats import (
     write_coordinates,
 )
 from sasi_scipion.engine.mrc_io import write_volume
-from sasi_scipion.engine.training_data import plan_labels
+from sasi_scipion.engine.training_data import ANY_CLASS, plan_labels
 
 SHAPE = (40, 60, 80)
 """(z, y, x) voxels of the reference tomogram."""
@@ -132,7 +132,7 @@ def test_training_reads_star_labels_like_tsv(tmp_path: Path) -> None:
     table = ParticleTable([[10, 12, 8], [30, 20, 16], [50, 40, 30]], ["a", "a", "b"])
     write_particles(tmp_path / "l.tsv", table)
     write_coordinates(tmp_path / "l.star", table, "relion5", REFERENCE)
-    plans = [plan_labels([str(tomogram)], [str(tmp_path / name)], ["4"], 24)
+    plans = [plan_labels([str(tomogram)], [str(tmp_path / name)], {ANY_CLASS: 4.0}, 24)
              for name in ("l.tsv", "l.star")]
     np.testing.assert_allclose(plans[1].particles[0].xyz, plans[0].particles[0].xyz,
                                atol=1e-6)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS
 from sasi_scipion.engine.inference import MAX_TILE_VOXELS
-from sasi_scipion.engine.train_command import DEFAULT_ITERATIONS
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["floor", "train", "time_to_f1", "pick", "correct"]

@@ -267,7 +267,7 @@ def test_distance_per_class_matches_only_same_class():
 
 def test_distance_missing_radius():
     truth = ParticleTable([[0, 0, 0], [10, 0, 0]], ["a", "b"])
-    with pytest.raises(SasiInputError, match="--radius CLASS=R"):
+    with pytest.raises(SasiInputError, match=r"radii\[.*\]=R"):
         evaluate_distance(_picks([[0, 0, 0]], ["a"]), truth, {"a": 2.0})
 
 
@@ -380,7 +380,7 @@ def test_czii_each_true_particle_matches_once():
 
 def test_czii_needs_a_radius_per_truth_class():
     truth = ParticleTable([[0, 0, 0], [10, 0, 0]], ["a", "b"])
-    with pytest.raises(SasiInputError, match="--radius CLASS=R"):
+    with pytest.raises(SasiInputError, match=r"radii\[.*\]=R"):
         evaluate_czii(_picks([[0, 0, 0]], ["a"]), truth, {"a": 2.0})
 
 

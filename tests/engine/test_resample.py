@@ -3,6 +3,7 @@ the coordinate maps; training on tomograms of different voxel sizes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_same_shape_is_a_float32_copy() -> None:
 
 
 def test_training_puts_tomograms_of_two_voxel_sizes_on_the_first_ones_grid(
-        tmp_path: Path, capsys) -> None:
+        tmp_path: Path, caplog) -> None:
     """A 10 Å and a 7.5 Å tomogram of the same blob, each labelled in its own voxels:
     the 7.5 Å one is trained resampled to 10 Å, its label where the blob is."""
     coarse, fine = tmp_path / "coarse.mrc", tmp_path / "fine.mrc"
@@ -114,10 +115,11 @@ def test_training_puts_tomograms_of_two_voxel_sizes_on_the_first_ones_grid(
     for path, centre in ((tmp_path / "coarse.tsv", CENTRE_XYZ), (tmp_path / "fine.tsv",
                                                                   fine_centre)):
         write_particles(path, ParticleTable([centre], ["a"]))
+    caplog.set_level(logging.INFO, logger="sasi_scipion.engine")
     data = load_training_data([str(coarse), str(fine)],
                               [str(tmp_path / "coarse.tsv"), str(tmp_path / "fine.tsv")],
-                              ["a=3"], 24)
-    assert "fine.mrc: 7.500 Å per voxel; resampled to 10.000 Å" in capsys.readouterr().err
+                              {"a": 3.0}, 24)
+    assert "fine.mrc: 7.500 Å per voxel; resampled to 10.000 Å" in caplog.text
     assert data.voxel_size == 10.0
     assert [v.shape for v in data.volumes] == [SHAPE, SHAPE]
     np.testing.assert_allclose(data.particles[1].xyz[0], CENTRE_XYZ, atol=1e-3)  # TSV digits

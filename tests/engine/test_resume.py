@@ -24,7 +24,7 @@ from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import write_volume
 from sasi_scipion.engine.progress import ProgressLog
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
-from sasi_scipion.engine.training_data import load_training_data
+from sasi_scipion.engine.training_data import ANY_CLASS, load_training_data
 
 ITERATIONS = 8
 EVERY = 2
@@ -89,7 +89,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_model(tomogram: Path, tmp_pa
 
 
 def _trainer(tomogram: Path, labels: Path) -> SaSiTrainer:
-    data = load_training_data([str(tomogram)], [str(labels)], ["3"], 24)
+    data = load_training_data([str(tomogram)], [str(labels)], {ANY_CLASS: 3.0}, 24)
     settings = TrainingSettings(iterations=4, batch_size=2, consistency_batch=2,
                                 ssl_fraction=0.25, seed=2)
     torch.manual_seed(2)

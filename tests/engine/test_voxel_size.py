@@ -51,7 +51,8 @@ def test_voxel_size_replaces_the_header_and_warns(wrong_header, tmp_path, capsys
 
 
 def test_without_the_option_the_header_counts(wrong_header, tmp_path, capsys) -> None:
-    """Control: the header's 1 Å goes into the model and a 10 Å pick is refused."""
+    """Control: the header's 1 Å goes into the model and a 10 Å pick is refused (ten
+    times apart: more than picking resamples on the fly)."""
     tomo, labels = wrong_header
     model = tmp_path / "model.pt"
     assert _train(tomo, labels, model) == 0
@@ -59,7 +60,8 @@ def test_without_the_option_the_header_counts(wrong_header, tmp_path, capsys) ->
     assert json.loads(model.with_suffix(".json").read_text())["voxel_size"] == HEADER_A
     assert main(["pick", "--model", str(model), "--tomogram", str(tomo), "--out",
                  str(tmp_path / "p.tsv"), "--device", "cpu", "--voxel-size", str(TRUE_A)]) == 2
-    assert "the model was trained at 1.000 Å" in capsys.readouterr().err
+    assert "voxel size 10.000 Å is 10.0 times coarser than the model's 1.000 Å" in (
+        capsys.readouterr().err)
 
 
 def test_pretrain_records_the_given_voxel_size(wrong_header, tmp_path) -> None:

@@ -1,0 +1,235 @@
+"""One training or pre-training run, set up from its inputs.
+
+The only place that turns tomograms, labels and settings into a trainer: the
+library's ``train`` and ``pretrain`` (``api``) run what it builds in memory, the
+``sasi train`` and ``sasi pretrain`` commands (``train_command``) run it with
+checkpoints, a log and data-parallel processes. Messages name the inputs as
+``errors.input_name`` says; progress notes go to the ``sasi_scipion.engine`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import run_fingerprint
+from .contrast import contrast_skew, label_contrast
+from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW
+from .distributed import ALONE, Replica
+from .errors import SasiInputError, input_name
+from .model_file import Model, ModelMetadata, build_network, read_model_file
+from .models import BACKBONES, build_backbone
+from .mrc_io import TomogramInput
+from .normalize import NORMALISATION
+from .picking import label_cutoffs
+from .progress import StepReport
+from .training import SaSiTrainer, TrainingSettings, collapse_iteration
+from .training_data import LabelsInput, load_training_data, load_unlabelled
+
+LOG = logging.getLogger(__package__)
+"""Progress notes of set-up and saving (the ``sasi`` command prints them on stderr)."""
+PretrainedInput = Union[str, os.PathLike, Model]
+"""A pre-trained model: a model file or a :class:`~.model_file.Model`."""
+
+
+@dataclass
+class TrainingRun:
+    """A trainer ready to optimise, and what its model file will record.
+
+    Attributes:
+        trainer: the optimisation of the network (``training.SaSiTrainer``).
+        label: ``"train"`` or ``"pretrain"``, for progress lines.
+        description: what determines the run besides the settings, the input arrays
+            and the initial weights (JSON-ready; ``checkpoint.run_fingerprint``).
+        arrays: the input arrays (volumes, label maps, centres).
+        metadata: the model file's metadata from the loss history.
+    """
+
+    trainer: SaSiTrainer
+    label: str
+    description: dict[str, Any]
+    arrays: list[np.ndarray]
+    metadata: Callable[[list[dict]], ModelMetadata]
+
+    def fingerprint(self) -> str:
+        """The digest that ties a checkpoint to this run (``checkpoint.run_fingerprint``)."""
+        return run_fingerprint({**self.description, "settings": vars(self.trainer.settings)},
+                               self.arrays, self.trainer.model.state_dict())
+
+    def run(self, progress: StepReport) -> Model:
+        """Optimise every iteration, reporting each to ``progress``; the trained model."""
+        return self.model(self.trainer.run(progress))
+
+    def model(self, history: list[dict]) -> Model:
+        """The trained model (on the CPU, in evaluation mode) after the iterations of
+        ``history``."""
+        meta = self.metadata(history)
+        return Model(self.trainer.trained_model().cpu().eval(), meta)
+
+
+def check_network(arch: str, batch_norm: bool | None) -> None:
+    """Refuse an unknown backbone, or a batch normalisation choice for one without.
+
+    Raises:
+        SasiInputError: naming ``arch`` or ``batch_norm``.
+    """
+    if arch not in BACKBONES:
+        raise SasiInputError(f"{input_name('arch')} {arch}: unknown network; choose one of "
+                             f"{', '.join(sorted(BACKBONES))}")
+    if batch_norm is not None and arch != DEFAULT_BACKBONE:
+        raise SasiInputError(f"{input_name('batch_norm')}: only the {DEFAULT_BACKBONE} network "
+                             "has a batch normalisation to leave out, not "
+                             f"{input_name('arch')} {arch}")
+
+
+def network_params(arch: str, batch_norm: bool | None,
+                   pretrained: ModelMetadata | None = None) -> dict[str, bool]:
+    """Constructor arguments of a new network ``arch`` (``ModelMetadata.arch_params``):
+    a pre-trained model's own, so that its weights fit; else, in a DeepFinder U-Net,
+    batch normalisation as ``batch_norm`` says (``None``: ``defaults.BATCH_NORM``).
+
+    Raises:
+        SasiInputError: ``batch_norm`` that the pre-trained model's weights do not have.
+    """
+    if pretrained is not None:
+        has = bool(pretrained.arch_params.get("batch_norm"))
+        if batch_norm is not None and batch_norm != has:
+            flag = input_name("batch_norm")
+            raise SasiInputError(
+                f"{flag}: the {input_name('pretrained')} model has batch normalisation and "
+                f"its weights need it; leave the option out or pre-train with {flag}" if has
+                else f"{flag}: the {input_name('pretrained')} model has no batch "
+                     "normalisation; leave the option out or pre-train with it")
+        return dict(pretrained.arch_params)
+    if arch != DEFAULT_BACKBONE:
+        return {}
+    return {"batch_norm": BATCH_NORM if batch_norm is None else batch_norm}
+
+
+def _load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy the tensors of ``state`` whose name and shape match; return how many."""
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(matching)
+    model.load_state_dict(own)
+    return len(matching)
+
+
+def _read_pretrained(pretrained: PretrainedInput) -> tuple[ModelMetadata, dict, str]:
+    """A pre-trained model's metadata and weights, checked (its weights must fit its
+    own network), and how messages name it."""
+    if isinstance(pretrained, Model):
+        meta, state, name = (pretrained.metadata, pretrained.network.state_dict(),
+                             input_name("pretrained"))
+    else:
+        name = str(pretrained)
+        meta, state = read_model_file(pretrained)
+        build_network(meta, state, name)
+    if meta.window != WINDOW:
+        raise SasiInputError(f"{name}: window {meta.window}, expected {WINDOW}; give a model "
+                             "trained by this version of sasi")
+    return meta, state, name
+
+
+def prepare_train(
+    tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
+    radii: Mapping[str, float], settings: TrainingSettings, device: torch.device, *,
+    unlabelled: Sequence[TomogramInput] = (), pretrained: PretrainedInput | None = None,
+    arch: str = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    voxel_size: float | None = None, replica: Replica = ALONE,
+) -> TrainingRun:
+    """Check and load everything a few-shot training run needs (``api.train`` states
+    the arguments); with ``pretrained``, its backbone and weights replace ``arch``.
+
+    Raises:
+        SasiInputError: naming the input and the fix.
+    """
+    problem = settings.problem()
+    if problem:
+        raise SasiInputError(problem)
+    check_network(arch, batch_norm)
+    pre_meta, state, pre_name = (_read_pretrained(pretrained) if pretrained is not None
+                                 else (None, None, None))
+    # every tomogram is resampled to the pre-trained model's voxel size, else the first's
+    data = load_training_data(tomograms, labels, radii, WINDOW, voxel_size,
+                              pre_meta.voxel_size if pre_meta is not None else None)
+    extra, extra_size = (load_unlabelled(unlabelled, WINDOW, "unlabelled", voxel_size,
+                                         data.voxel_size)
+                         if unlabelled else ([], None))
+    voxel = data.voxel_size or extra_size
+    if pre_meta is not None:
+        arch = pre_meta.arch
+    settings = settings.for_device(device.type)
+    arch_params = network_params(arch, batch_norm, pre_meta)
+    torch.manual_seed(settings.seed)  # the initial weights too depend on the seed only
+    model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
+    if state is not None:
+        LOG.info("train: started from %s (%d tensors)", pre_name, _load_matching(model, state))
+    trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device, replica)
+    contrast = label_contrast(data.volumes, data.label_maps)
+    skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
+
+    def metadata(history: list[dict]) -> ModelMetadata:
+        LOG.info("train: choosing score cut-offs from the labelled particles")
+        cutoffs = label_cutoffs(trainer.trained_model(), data.volumes, data.particles,
+                                data.class_names, data.radii, device)
+        return ModelMetadata(
+            arch=arch, arch_params=arch_params, classes=data.class_names, radii=data.radii,
+            window=WINDOW, voxel_size=voxel, normalisation=NORMALISATION,
+            pretrained_only=False, iterations=settings.iterations,
+            settings={**vars(settings), "pretrained": pre_name,
+                      "labels": sum(len(t) for t in data.particles),
+                      "background_points": sum(len(t) for t in data.negatives or []),
+                      "processes": replica.world_size,
+                      "ssl_collapsed_at": collapse_iteration(history)},
+            loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
+            contrast_skew=skew)
+
+    description = {"command": "train", "arch": arch, "arch_params": arch_params,
+                   "classes": data.class_names, "radii": data.radii, "voxel_size": voxel}
+    arrays = [*data.volumes, *data.label_maps, *(t.xyz for t in data.particles), *extra]
+    return TrainingRun(trainer, "train", description, arrays, metadata)
+
+
+def prepare_pretrain(
+    tomograms: Sequence[TomogramInput], settings: TrainingSettings, device: torch.device, *,
+    arch: str = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    voxel_size: float | None = None, replica: Replica = ALONE,
+) -> TrainingRun:
+    """Check and load a SimCLR pre-training run (``api.pretrain`` states the
+    arguments): every step is a SimCLR step, without infill or consistency.
+
+    Raises:
+        SasiInputError: naming the input and the fix.
+    """
+    problem = settings.problem()
+    if problem:
+        raise SasiInputError(problem)
+    check_network(arch, batch_norm)
+    volumes, voxel = load_unlabelled(tomograms, WINDOW, voxel_size=voxel_size)
+    settings = replace(settings.for_device(device.type), infill=False, consistency=False,
+                       ssl="iss", ssl_fraction=1.0)
+    arch_params = network_params(arch, batch_norm)
+    torch.manual_seed(settings.seed)
+    trainer = SaSiTrainer(build_backbone(arch, 2, **arch_params), None, volumes, settings,
+                          device, replica)
+
+    def metadata(history: list[dict]) -> ModelMetadata:
+        return ModelMetadata(
+            arch=arch, arch_params=arch_params, classes=[], radii=[], window=WINDOW,
+            voxel_size=voxel, normalisation=NORMALISATION, pretrained_only=True,
+            iterations=settings.iterations,
+            settings={**vars(settings), "processes": replica.world_size,
+                      "ssl_collapsed_at": collapse_iteration(history)},
+            loss_history=history)
+
+    description = {"command": "pretrain", "arch": arch, "arch_params": arch_params,
+                   "voxel_size": voxel}
+    return TrainingRun(trainer, "pretrain", description, list(volumes), metadata)
