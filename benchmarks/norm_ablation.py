@@ -1,14 +1,14 @@
 """Ablation: does the DeepFinder U-Net learn the medium profile's 12 classes faster in
 150 steps with batch normalisation, or with a data-dependent (LSUV) initialisation?
 
-Exploratory, not an engine option: ``bn`` inserts ``BatchNorm3d`` after every 3x3x3
-convolution of the U-Net (by replacing ``models.deepfinder._conv_block`` in this
-process; evaluated in eval mode, fp32, so the bf16 slab paths, which index the blocks'
-layers, are not used); ``lsuv`` zeroes each convolution's bias and scales its weights
-until its output has unit standard deviation on 32 training windows, in layer order,
-before the first step; ``default`` is the engine's net. Everything else is
-``SaSiTrainer`` with the engine's settings (``--ssl none``: no SimCLR, infill or
-consistency, the "plain" row), the same labels (``demo.few_labels``) and seed, and the
+``bn`` is the engine's batch-normalised U-Net (``batch_norm=True``, the default since
+2026-12-02; the recorded ablation ran before that, with ``nn.BatchNorm3d`` inserted
+after every convolution and the convolutions' biases kept); ``lsuv`` zeroes each
+convolution's bias and scales its weights until its output has unit standard
+deviation on 32 training windows, in layer order, before the first step; ``default``
+is the paper's net (no normalisation). Everything else is ``SaSiTrainer`` with the
+engine's settings (``--ssl none``: no SimCLR, infill or consistency, the "plain" row),
+the same labels (``demo.few_labels``) and seed, and the
 accuracy harness's scores on its test tomograms (``accuracy._score``).
 
 Usage: python benchmarks/norm_ablation.py --work WORK [--variants default bn lsuv]
@@ -32,25 +32,13 @@ from torch import nn
 from sasi_scipion.engine.coordinates import read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.inference import segment_tiled
-from sasi_scipion.engine.models import build_backbone, deepfinder
+from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
 from sasi_scipion.engine.postprocess import extract_particles
 from sasi_scipion.engine.progress import ProgressLog
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 from sasi_scipion.engine.training_data import load_training_data, parse_radii
-
-ENGINE_BLOCK = deepfinder._conv_block
-
-
-def _batch_norm_block(in_channels: int, out_channels: int, count: int,
-                      first: type[nn.Conv3d] = nn.Conv3d) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(count):
-        layers += [(first if i == 0 else nn.Conv3d)(in_channels if i == 0 else out_channels,
-                                                    out_channels, 3, padding=1),
-                   nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
 
 
 def _lsuv(model: nn.Module, windows: torch.Tensor, passes: int = 3) -> None:
@@ -76,11 +64,10 @@ def run(work: Path, variant: str, labels_per_class: int, seed: int, ssl: str,
     labels = work / f"ablation_labels_{labels_per_class}_{seed}.tsv"
     write_particles(labels, few_labels(truth, labels_per_class, seed))
     radii = [f"{c}={r}" for c, r in dataset["radii"].items() if c not in dataset["unscored"]]
-    deepfinder._conv_block = _batch_norm_block if variant == "bn" else ENGINE_BLOCK
     data = load_training_data([str(data_dir / f"{TRAINING_TOMOGRAM}.mrc")], [str(labels)],
                               parse_radii(radii), 24)
     torch.manual_seed(seed)
-    model = build_backbone("deepfinder", len(data.class_names) + 1)
+    model = build_backbone("deepfinder", len(data.class_names) + 1, batch_norm=variant == "bn")
     settings = TrainingSettings(iterations=iterations, seed=seed, ssl=ssl,
                                 infill=ssl != "none", consistency=ssl != "none")
     trainer = SaSiTrainer(model, data, data.volumes, settings, torch.device("cpu"))
