@@ -43,6 +43,7 @@ from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 from sasi_scipion.engine.training_data import load_training_data, parse_radii
+from sasi_scipion.engine.training_run import network_params
 
 SEED = 0
 DEMO_SHAPE_OPTION = ",".join(map(str, DEMO_SHAPE))
@@ -84,7 +85,8 @@ def default_trainer(work: Path, radii: list[str], device: torch.device,
     options = TrainingSettings(iterations=DEFAULT_ITERATIONS[device.type], window=WINDOW,
                                seed=SEED, **settings)  # type: ignore[arg-type]
     torch.manual_seed(SEED)
-    model = build_backbone("deepfinder", len(data.class_names) + 1)
+    model = build_backbone("deepfinder", len(data.class_names) + 1,
+                           **network_params("deepfinder", None))  # what sasi train builds
     return trainer_class(model, data, data.volumes, options, device)
 
 
