@@ -138,6 +138,14 @@ def _read_pretrained(pretrained: PretrainedInput) -> tuple[ModelMetadata, dict, 
     return meta, state, name
 
 
+def _check_run(settings: TrainingSettings, arch: str, batch_norm: bool | None) -> None:
+    """Refuse settings out of range and a network choice that does not exist."""
+    problem = settings.problem()
+    if problem:
+        raise SasiInputError(problem)
+    check_network(arch, batch_norm)
+
+
 def prepare_train(
     tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
     radii: Mapping[str, float], settings: TrainingSettings, device: torch.device, *,
@@ -151,10 +159,7 @@ def prepare_train(
     Raises:
         SasiInputError: naming the input and the fix.
     """
-    problem = settings.problem()
-    if problem:
-        raise SasiInputError(problem)
-    check_network(arch, batch_norm)
+    _check_run(settings, arch, batch_norm)
     pre_meta, state, pre_name = (_read_pretrained(pretrained) if pretrained is not None
                                  else (None, None, None))
     # every tomogram is resampled to the pre-trained model's voxel size, else the first's
@@ -209,10 +214,7 @@ def prepare_pretrain(
     Raises:
         SasiInputError: naming the input and the fix.
     """
-    problem = settings.problem()
-    if problem:
-        raise SasiInputError(problem)
-    check_network(arch, batch_norm)
+    _check_run(settings, arch, batch_norm)
     volumes, voxel = load_unlabelled(tomograms, WINDOW, voxel_size=voxel_size)
     settings = replace(settings.for_device(device.type), infill=False, consistency=False,
                        ssl="iss", ssl_fraction=1.0)
