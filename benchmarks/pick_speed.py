@@ -195,8 +195,9 @@ def add_ratios(rows: list[dict], best: dict, flops: float) -> None:
         if "skipped" in row:
             continue
         voxels = float(np.prod(row["shape_zyx"]))
-        row["floor_s"] = round(flops * voxels / (best[row["precision"]]["gflops"] * 1e9), 2)
-        row["time_vs_floor"] = round(row["seconds"] / row["floor_s"], 2)
+        floor_s = flops * voxels / (best[row["precision"]]["gflops"] * 1e9)
+        row["floor_s"] = round(floor_s, 4)  # tiny dry-run volumes: milliseconds
+        row["time_vs_floor"] = round(row["seconds"] / floor_s, 2)
         adjacent = flops * voxels / (row["floor_gflops"] * 1e9)
         row["time_vs_adjacent_floor"] = round(row["seconds"] / adjacent, 2)
         if row["mode"].startswith("tiled"):

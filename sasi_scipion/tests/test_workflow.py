@@ -52,9 +52,12 @@ class TestSaSiWorkflow(BaseTest):
                                      filesPath=str(folder[name]), filesPattern="*.txt",
                                      boxSize=int(2 * radius), importTomograms=cls.tomograms))
         cls.truth = truth
+        # the paper's norm-free net: in 24 steps the batch-normalised one does not yet
+        # call both classes (recall 0 for one of them); this test checks the plugin's
+        # class matching, not accuracy
         train = cls.newProtocol(ProtSaSiTrain, iterations=TRAIN_ITERATIONS, useGpu=False,
                                 sslSchedule=SSL_CHOICES.index("none"), infill=False,
-                                consistency=False)
+                                consistency=False, batchNorm=False)
         for protocol in labels:
             train.inputCoordinates.append(protocol)
             train.inputCoordinates[-1].setExtended("outputCoordinates")

@@ -128,9 +128,11 @@ def test_train_validation(workflow) -> None:
     train.radii.set("")
     train.pretrainedModel.set(workflow.protocols["pretrain"])
     train.pretrainedModel.setExtended("outputModel")
-    workflow.protocols["pretrain"].outputModel._voxelSize.set(20.0)
+    workflow.protocols["pretrain"].outputModel._voxelSize.set(20.0)  # 2x: resampled
     try:
-        assert "20.00 Å/px" in " ".join(train.validate())
+        assert train.validate() == []
+        workflow.protocols["pretrain"].outputModel._voxelSize.set(50.0)  # 5x: refused
+        assert "50.00 Å/px" in " ".join(train.validate())
     finally:
         workflow.protocols["pretrain"].outputModel._voxelSize.set(10.0)
 
@@ -148,9 +150,13 @@ def test_pick_validation(workflow) -> None:
     pick.inputModel.setExtended("outputModel")
     model = workflow.protocols["train"].outputModel
     assert pick.validate() == []
-    model._voxelSize.set(13.0)
+    model._voxelSize.set(13.0)  # resampled while picking: a warning
     try:
-        assert "rescale (bin) the tomograms to 13.00" in " ".join(pick.validate())
+        assert pick.validate() == []
+        assert "will be resampled to the model's sampling rate (13.00 Å/px)" in " ".join(
+            pick.warnings())
+        model._voxelSize.set(50.0)  # 5x: refused
+        assert "rescale (bin) them to about 50.00 Å/px" in " ".join(pick.validate())
     finally:
         model._voxelSize.set(10.0)
     pick.minScore.set(2.0)
