@@ -215,6 +215,16 @@ def summarise(results: list[dict]) -> list[dict]:
     return summary
 
 
+def finished_run(report_path: Path) -> tuple[dict, Path, Path, dict, list[str]]:
+    """A finished report, its work folder, data folder, ``dataset.json`` and the
+    names of its test tomograms."""
+    report = json.loads(report_path.read_text())
+    work = Path(report["work"])
+    data = work / "data"
+    dataset = json.loads((data / "dataset.json").read_text())
+    return report, work, data, dataset, dataset["tomograms"][1:]
+
+
 def rescore(report_path: Path, components: list[str], min_scores: list[float],
             cutoff_factors: list[float], foreground_thresholds: list[float]) -> dict:
     """Pick the test tomograms again with every learned model of a finished report,
@@ -224,11 +234,7 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
     per-class cut-offs of ``thresholds.score_cutoffs`` with factor F, from the
     model's picks of its training tomogram and the labels it was trained on), and
     ``foreground`` and ``peaks`` at each of ``foreground_thresholds``."""
-    report = json.loads(report_path.read_text())
-    work = Path(report["work"])
-    data = work / "data"
-    dataset = json.loads((data / "dataset.json").read_text())
-    tests = dataset["tomograms"][1:]
+    report, work, data, dataset, tests = finished_run(report_path)
     results = []
     for entry in report["results"]:
         if entry["labels"] is None:

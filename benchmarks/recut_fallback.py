@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from accuracy import TRAINING_TOMOGRAM, _score, summarise
+from accuracy import TRAINING_TOMOGRAM, _score, finished_run, summarise
 
 from sasi_scipion.engine.coordinates import read_particles
 from sasi_scipion.engine.model_file import read_model_file
@@ -32,11 +32,7 @@ def main() -> None:
     parser.add_argument("report", type=Path)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    report = json.loads(args.report.read_text())
-    work = Path(report["work"])
-    data = work / "data"
-    dataset = json.loads((data / "dataset.json").read_text())
-    tests = dataset["tomograms"][1:]
+    report, work, data, dataset, tests = finished_run(args.report)
     results = []
     for entry in report["results"]:
         if entry["labels"] is None:
