@@ -279,6 +279,10 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["blob", "tm", *ROWS])
     parser.add_argument("--seeds", nargs="+", type=int,
                         help="override the profile's seeds")
+    parser.add_argument("--labels", nargs="+", type=int,
+                        help="labels per class to run (default: the profile's)")
+    parser.add_argument("--iterations", type=int,
+                        help="training iterations per learned row (default: the profile's)")
     parser.add_argument("--pick-modes", nargs="+", default=["tiled"],
                         choices=["tiled", "sliding"],
                         help="pick every learned row's model in each of these modes")
@@ -306,8 +310,9 @@ def main() -> None:
             indent=2) + "\n")
         return
     profile = dict(PROFILES[args.profile])
-    if args.seeds:
-        profile["seeds"] = args.seeds
+    for key in ("seeds", "labels", "iterations"):
+        if getattr(args, key):
+            profile[key] = getattr(args, key)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sasi-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     maps = work / "maps"
