@@ -162,6 +162,7 @@ def pick(
     precision: Precision = "auto",
     invert_contrast: bool = False,
     voxel_size: float | None = None,
+    class_calibration: bool = True,
 ) -> ParticleTable:
     """Find the particles of a tomogram.
 
@@ -180,6 +181,8 @@ def pick(
         invert_contrast: negate the tomogram first (protein bright here, dark in the
             training data, or the reverse).
         voxel_size: Å per voxel of the tomogram, replacing its own.
+        class_calibration: decide classes with the model's class calibration, fitted
+            on its training labels (``False``: the network's argmax class, the paper's).
 
     Returns:
         Centres in voxels ``(x, y, z)``, class and score per particle.
@@ -195,7 +198,8 @@ def pick(
     if not isinstance(model, Model):
         model, name = Model.load(model), str(model)
     return pick_tomogram(model, _tomogram(tomogram), resolve_device(device), mode, min_score,
-                         precision, progress, components, invert_contrast, voxel_size, name)
+                         precision, progress, components, invert_contrast, voxel_size, name,
+                         class_calibration)
 
 
 def _table(table: ParticleTable | str | os.PathLike, allow_empty: bool) -> ParticleTable:

@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "summed probabilities")
     pick.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32")
+    pick.add_argument("--no-class-calibration", dest="class_calibration",
+                      action="store_false",
+                      help="call each particle the network's argmax class (the paper's) "
+                           "instead of the model's class calibration from its training labels")
     _invert_contrast_option(pick)
     _voxel_size_option(pick)
     _device_option(pick)
@@ -375,7 +379,7 @@ def _run_pick(args: argparse.Namespace) -> None:
         picks = api.pick(args.model, args.tomogram, mode=args.mode, min_score=args.min_score,
                          device=str(device), progress=report, components=args.components,
                          precision=args.precision, invert_contrast=args.invert_contrast,
-                         voxel_size=args.voxel_size)
+                         voxel_size=args.voxel_size, class_calibration=args.class_calibration)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)

@@ -29,11 +29,15 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from .calibration import ClassCalibration
 from .defaults import PRECISIONS
 from .postprocess import Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
 ProgressCallback = Callable[[int, int], None]
+LogProbabilitySink = Callable[[torch.Tensor, tuple[slice, ...]], None]
+"""Receives the log-probabilities ``(K+1, dz, dy, dx)`` of a region of the volume and
+the region (absolute half-open slices ``(z, y, x)``)."""
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """``((z0, z1), (y0, y1), (x0, x1))``: a box in voxels, half-open."""
 MAX_TILE_VOXELS = {"cpu": 8_000_000, "cuda": 16_000_000}
@@ -234,6 +238,8 @@ def segment_tiled(
     max_tile_voxels: int | None = None,
     precision: str = "auto",
     progress: ProgressCallback | None = None,
+    calibration: ClassCalibration | None = None,
+    log_probability_sink: LogProbabilitySink | None = None,
 ) -> Segmentation:
     """Segment ``volume`` with exact tiled inference (see the module docstring); a net
     with a ``fixed_window`` (a ViT) runs on its windows instead, as ``segment_sliding``.
@@ -246,13 +252,18 @@ def segment_tiled(
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``resolve_precision``);
             exactness against one whole-volume pass holds at the same precision.
         progress: called with ``(tiles done, tiles in all)``.
+        calibration: class decisions (``postprocess.summarise_probabilities``).
+        log_probability_sink: given every part of the volume as it is computed:
+            its log-probabilities ``(K+1, dz, dy, dx)`` float32 and its region.
     """
     window = getattr(model, "fixed_window", None)
     if window:
         # A net bound to one input size (a ViT) is not translation-equivariant:
         # its exact whole-volume answer is the windowed one.
         return segment_sliding(model, volume, device, window=window, stride=window // 2,
-                               precision=precision, progress=progress)
+                               precision=precision, progress=progress,
+                               calibration=calibration,
+                               log_probability_sink=log_probability_sink)
     precision = resolve_precision(precision, device)
     model = _prepare(model, device, precision)
     multiple = model.size_multiple
@@ -268,9 +279,11 @@ def segment_tiled(
             keep = tuple(slice(i.start + lo, min(i.start + hi, n))
                          for (lo, hi), i, n in zip(part, inputs, volume.shape))
             trim = tuple(slice(0, k.stop - k.start) for k in keep)
-            for out, values in zip(maps, summarise_probabilities(
-                    functional.softmax(logits, dim=0))):
-                out[keep] = values.cpu().numpy()[trim]
+            log_probs = functional.log_softmax(logits.float(), dim=0)[(slice(None), *trim)]
+            if log_probability_sink is not None:
+                log_probability_sink(log_probs.cpu(), keep)
+            for out, values in zip(maps, summarise_probabilities(log_probs, calibration)):
+                out[keep] = values.cpu().numpy()
         if progress:
             progress(done, len(plan))
     return Segmentation(*maps)
@@ -292,9 +305,13 @@ def segment_sliding(
     batch_size: int = 32,
     precision: str = "auto",
     progress: ProgressCallback | None = None,
+    calibration: ClassCalibration | None = None,
+    log_probability_sink: LogProbabilitySink | None = None,
 ) -> Segmentation:
     """Segment ``volume`` the paper's way: windows of ``window`` voxels every
-    ``stride`` voxels, softmax probabilities averaged over overlapping windows.
+    ``stride`` voxels, softmax probabilities averaged over overlapping windows
+    (``calibration`` and ``log_probability_sink`` as in ``segment_tiled``, on the
+    logarithm of the averaged probabilities).
 
     Memory grows with the tomogram (``K + 1`` float32 probability maps); this
     is the reference mode, not the default.
@@ -320,6 +337,9 @@ def segment_sliding(
             progress(done, len(batches))
     mean = totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
     mean /= counts[None, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
-    labels, scores, foreground = summarise_probabilities(torch.from_numpy(mean))
+    log_probs = torch.from_numpy(mean).clamp_min(torch.finfo(torch.float32).tiny).log()
+    if log_probability_sink is not None:
+        log_probability_sink(log_probs, tuple(slice(0, n) for n in volume.shape))
+    labels, scores, foreground = summarise_probabilities(log_probs, calibration)
     return Segmentation(labels.numpy().astype(np.uint8), scores.numpy().astype(np.float16),
                         foreground.numpy().astype(np.float16))

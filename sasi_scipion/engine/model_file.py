@@ -22,6 +22,7 @@ from torch import nn
 
 from . import ENGINE_VERSION
 from .atomic import atomic_output
+from .calibration import calibration_problem
 from .contrast import CONTRASTS
 from .errors import SasiModelFormatError
 from .model_card import (
@@ -59,6 +60,9 @@ class ModelMetadata:
             pre-trained models.
         contrast_skew: mean skewness of the normalised training tomograms
             (``contrast.contrast_skew``), which picking compares; ``None`` when unknown.
+        class_calibration: the class decision fitted on the training labels
+            (``calibration.ClassCalibration.as_dict``); empty for older, pre-trained and
+            one-class models.
     """
 
     arch: str
@@ -75,6 +79,7 @@ class ModelMetadata:
     score_cutoffs: dict[str, list[float]] = field(default_factory=dict)
     contrast: str | None = None
     contrast_skew: float | None = None
+    class_calibration: dict[str, Any] = field(default_factory=dict)
     engine_version: str = ENGINE_VERSION
 
     @property
@@ -170,6 +175,9 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
         return f"its contrast is not one of {', '.join(CONTRASTS)}"
     if not (payload.get("contrast_skew") is None or _is_number(payload["contrast_skew"])):
         return "its contrast skewness is not a number"
+    problem = calibration_problem(payload.get("class_calibration", {}), len(classes))
+    if problem:
+        return problem
     return None
 
 
@@ -242,11 +250,13 @@ def load_model(path: str | os.PathLike, device: torch.device) -> tuple[nn.Module
 def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """What ``sasi info`` shows of a model (JSON-ready): backbone, classes, radii
     (voxels), window (voxels), voxel size (Å), whether pre-trained only, iterations,
-    contrast, parameter count (weights and buffers) and engine version."""
+    contrast, how many labelled particles its class calibration was fitted on (``None``:
+    no calibration), parameter count (weights and buffers) and engine version."""
     return {"arch": meta.arch, "classes": meta.classes, "radii": meta.radii,
             "window": meta.window, "voxel_size": meta.voxel_size,
             "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
             "contrast": meta.contrast,
+            "class_calibration_labels": meta.class_calibration.get("labels"),
             "parameters": int(sum(t.numel() for t in state.values())),
             "engine_version": meta.engine_version}
 

@@ -10,6 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import (
+    CALIBRATION_L2,
+    ClassCalibration,
+    SphereMeans,
+    feature_radii,
+    fit_calibration,
+)
 from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
 from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE, ComponentMode, PickMode, Precision
@@ -79,6 +86,7 @@ def segment_tomogram(
     invert_contrast: bool = False,
     voxel_size: float | None = None,
     model_name: str = "model",
+    calibrated: bool = True,
 ) -> tuple[Segmentation, tuple[int, ...]]:
     """Segment a tomogram (argmax class and its probability per voxel) at the model's
     voxel size; return the segmentation and the tomogram's own ``(z, y, x)`` shape. A
@@ -88,7 +96,9 @@ def segment_tomogram(
     negated normalised tomogram. Warns (:class:`SasiWarning`) when the tomogram, so
     prepared, looks inverted relative to the model (``contrast.inversion_warning``).
     Its voxel size is ``voxel_size`` (Å) when given, else its own. ``model_name``
-    names the model in messages."""
+    names the model in messages. With ``calibrated`` (the default), particle voxels
+    take the class of the model's class calibration (``calibration``), when it has
+    one; else the network's argmax class."""
     if mode not in PICK_MODES:
         raise SasiInputError(
             f"{input_name('mode')} {mode}: choose one of {', '.join(PICK_MODES)}")
@@ -114,13 +124,14 @@ def segment_tomogram(
     if warning:
         warnings.warn(warning, SasiWarning, stacklevel=2)
     network = model.network.to(device).eval()
+    calibration = ClassCalibration.from_dict(meta.class_calibration) if calibrated else None
     if mode == "tiled":
         segmentation = segment_tiled(network, data, device, precision=precision,
-                                     progress=progress)
+                                     progress=progress, calibration=calibration)
     else:
         segmentation = segment_sliding(network, data, device, window=meta.window,
                                        stride=meta.window // 2, precision=precision,
-                                       progress=progress)
+                                       progress=progress, calibration=calibration)
     return segmentation, source_shape
 
 
@@ -142,6 +153,7 @@ def pick_tomogram(
     invert_contrast: bool = False,
     voxel_size: float | None = None,
     model_name: str = "model",
+    calibrated: bool = True,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
@@ -154,7 +166,7 @@ def pick_tomogram(
     """
     segmentation, source_shape = segment_tomogram(model, tomogram, device, mode, precision,
                                                   progress, invert_contrast, voxel_size,
-                                                  model_name)
+                                                  model_name, calibrated)
     meta = model.metadata
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     picks = extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
@@ -164,13 +176,37 @@ def pick_tomogram(
     return picks
 
 
-def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],
-                  labels: Sequence[ParticleTable], class_names: Sequence[str],
-                  radii: Sequence[float], device: torch.device) -> dict[str, list[float]]:
-    """The score cut-offs (``thresholds.score_cutoffs``) of a model for the default
-    component mode, from its picks of its own normalised training volumes
-    ``(z, y, x)`` and their labels (other modes pick without cut-offs unless given
-    ``min_score``)."""
-    picks = [extract_particles(segment_tiled(model, volume, device), class_names, radii,
-                               components=DEFAULT_COMPONENTS) for volume in volumes]
-    return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}
+def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
+                    labels: Sequence[ParticleTable], class_names: Sequence[str],
+                    radii: Sequence[float], device: torch.device,
+                    negatives: Sequence[ParticleTable] | None = None,
+                    calibration_l2: float = CALIBRATION_L2
+                    ) -> tuple[ClassCalibration | None, dict[str, list[float]]]:
+    """The class calibration (``calibration.fit_calibration``) and the score cut-offs
+    (``thresholds.score_cutoffs``, for the default component mode) of a model, from
+    its segmentations of its own normalised training volumes ``(z, y, x)`` and their
+    labels (positions in voxels ``(x, y, z)``), and the background points of each
+    volume (``negatives``: the calibration's reject class), with L2 penalty
+    ``calibration_l2``: one pass that gathers the labelled points' log-probabilities,
+    then one that picks with the calibration (other component modes pick without
+    cut-offs unless given ``min_score``)."""
+    features, classes = [], []
+    smallest = int(np.argmin(radii))
+    for volume, table, background in zip(volumes, labels, negatives or [None] * len(volumes)):
+        indices = np.array([class_names.index(c) for c in table.classes], dtype=np.int64)
+        centres, sphere_radii = table.xyz[:, ::-1], feature_radii(indices, radii)
+        if background is not None and len(background):
+            indices = np.concatenate([indices, np.full(len(background), len(class_names))])
+            centres = np.concatenate([centres, background.xyz[:, ::-1]])
+            sphere_radii = np.concatenate([sphere_radii, np.repeat(
+                feature_radii(np.array([smallest]), radii), len(background))])
+        probe = SphereMeans(centres, sphere_radii, len(class_names) + 1)
+        segment_tiled(model, volume, device, log_probability_sink=probe.add)
+        features.append(probe.means())
+        classes.append(indices)
+    calibration = fit_calibration(np.concatenate(features), np.concatenate(classes),
+                                  len(class_names), calibration_l2)
+    picks = [extract_particles(segment_tiled(model, volume, device, calibration=calibration),
+                               class_names, radii, components=DEFAULT_COMPONENTS)
+             for volume in volumes]
+    return calibration, {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}

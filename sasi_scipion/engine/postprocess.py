@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from .calibration import ClassCalibration, feature_radii
 from .coordinates import ParticleTable
 from .defaults import COMPONENT_MODES, DEFAULT_COMPONENTS
 
@@ -66,12 +67,29 @@ class Segmentation:
     foreground: np.ndarray
 
 
-def summarise_probabilities(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                            torch.Tensor]:
-    """``(labels, scores, foreground)`` of softmax probabilities ``(K+1, z, y, x)``:
-    the argmax class, its probability, and one minus the background probability."""
+def summarise_probabilities(log_probs: torch.Tensor,
+                            calibration: ClassCalibration | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(labels, scores, foreground)`` of log-softmax probabilities ``(K+1, z, y, x)``:
+    the argmax class, its probability, and one minus the background probability.
+    With a ``calibration``, a voxel whose argmax is a particle class takes the
+    calibrated class instead, and its calibrated probability among the classes as
+    its score; the background decision stays the network's, and ``foreground`` too
+    unless the calibration has a reject class: then it is multiplied by one minus
+    the calibrated reject probability."""
+    probs = log_probs.exp()
     scores, labels = probs.max(dim=0)
-    return labels, scores, 1.0 - probs[0]
+    foreground = 1.0 - probs[0]
+    if calibration is not None:
+        logits = calibration.class_logits(log_probs)
+        if calibration.rejects:
+            foreground = foreground * (1.0 - functional.softmax(logits, dim=0)[-1])
+            logits = logits[:-1]
+        class_scores, class_labels = functional.softmax(logits, dim=0).max(dim=0)
+        particle = labels > 0
+        labels = torch.where(particle, class_labels + 1, labels)
+        scores = torch.where(particle, class_scores, scores)
+    return labels, scores, foreground
 
 
 def _kmeans(points: np.ndarray, weights: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
@@ -259,6 +277,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     centre = the probability-weighted centroid within half its radius, score = the
     mean particle probability within it."""
     radius_array = np.asarray(radii, dtype=np.float64)
+    vote_radii = feature_radii(np.arange(len(radii)), radii)
     smallest = float(radius_array.min())
     foreground = segmentation.foreground.astype(np.float32)
     smooth = smooth_gaussian(foreground, max(smallest / 2, 1.0))
@@ -286,9 +305,9 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         probability = foreground[index]
         labels = segmentation.labels[index]
         scores = segmentation.scores[index].astype(np.float64) * (probability > threshold)
-        # a first guess from the smallest sphere, then the vote over the guess's sphere
-        guess = _vote(labels, scores, near <= smallest, len(radii))
-        klass = _vote(labels, scores, near <= radius_array[guess], len(radii))
+        # a first guess from the smallest core, then the vote over the guess's core
+        guess = _vote(labels, scores, near <= vote_radii.min(), len(radii))
+        klass = _vote(labels, scores, near <= vote_radii[guess], len(radii))
         radius = float(radius_array[klass])
         if kept_centres and (np.linalg.norm(np.array(kept_centres) - peak, axis=1)
                              < np.maximum(np.array(kept_radii), radius)).any():

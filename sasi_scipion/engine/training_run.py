@@ -28,7 +28,7 @@ from .model_file import Model, ModelMetadata, build_network, read_model_file
 from .models import BACKBONES, build_backbone
 from .mrc_io import TomogramInput
 from .normalize import NORMALISATION
-from .picking import label_cutoffs
+from .picking import label_decisions
 from .progress import StepReport
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
 from .training_data import LabelsInput, load_training_data, load_unlabelled
@@ -182,9 +182,11 @@ def prepare_train(
     skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
 
     def metadata(history: list[dict]) -> ModelMetadata:
-        LOG.info("train: choosing score cut-offs from the labelled particles")
-        cutoffs = label_cutoffs(trainer.trained_model(), data.volumes, data.particles,
-                                data.class_names, data.radii, device)
+        LOG.info("train: fitting the class calibration and choosing score cut-offs from "
+                 "the labelled particles")
+        calibration, cutoffs = label_decisions(trainer.trained_model(), data.volumes,
+                                               data.particles, data.class_names, data.radii,
+                                               device, data.negatives)
         return ModelMetadata(
             arch=arch, arch_params=arch_params, classes=data.class_names, radii=data.radii,
             window=WINDOW, voxel_size=voxel, normalisation=NORMALISATION,
@@ -195,7 +197,8 @@ def prepare_train(
                       "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history)},
             loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
-            contrast_skew=skew)
+            contrast_skew=skew,
+            class_calibration=calibration.as_dict() if calibration is not None else {})
 
     description = {"command": "train", "arch": arch, "arch_params": arch_params,
                    "classes": data.class_names, "radii": data.radii, "voxel_size": voxel}

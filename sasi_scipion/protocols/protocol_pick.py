@@ -70,6 +70,14 @@ class ProtSaSiPick(ProtSaSiBase):
                            "here when it was dark in the model's training tomograms (the "
                            "usual, and the simulator's), or the reverse. The pick log "
                            "warns when a tomogram looks inverted relative to the model.")
+        form.addParam("classCalibration", params.BooleanParam, default=True,
+                      expertLevel=params.LEVEL_ADVANCED, label="Calibrated classes?",
+                      help="Yes: each particle's class comes from the class calibration "
+                           "that training fitted on your labels (and background points, "
+                           "which it also uses to drop look-alike distractors). No: the "
+                           "network's own most likely class, as in the paper. Older models "
+                           "(trained before the calibration existed) have none and pick the "
+                           "network's class either way.")
         form.addParam("mode", params.EnumParam, choices=list(PICK_MODES), default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
@@ -96,7 +104,8 @@ class ProtSaSiPick(ProtSaSiBase):
                       "--mode", PICK_MODES[self.mode.get()],
                       *voxel_size_arguments(self.inputTomograms.get()),
                       *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())]),
-                      *(["--invert-contrast"] if self.invertContrast.get() else [])])
+                      *(["--invert-contrast"] if self.invertContrast.get() else []),
+                      *([] if self.classCalibration.get() else ["--no-class-calibration"])])
 
     def classOutputs(self) -> dict[str, str]:
         """Output name per class of the model: ``outputCoordinates_<class>``."""

@@ -306,7 +306,8 @@ def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
     assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
 
 
-def test_pick_passes_invert_contrast_only_when_asked(env, monkeypatch) -> None:
+def test_pick_passes_invert_contrast_and_no_calibration_only_when_asked(env,
+                                                                       monkeypatch) -> None:
     from sasi_scipion.objects import SaSiModel
     from sasi_scipion.protocols import ProtSaSiPick
 
@@ -319,7 +320,10 @@ def test_pick_passes_invert_contrast_only_when_asked(env, monkeypatch) -> None:
     pick.pickStep("t1")
     pick.invertContrast.set(True)
     pick.pickStep("t1")
-    assert ["--invert-contrast" in c for c in commands] == [False, True]
+    pick.classCalibration.set(False)
+    pick.pickStep("t1")
+    assert ["--invert-contrast" in c for c in commands] == [False, True, True]
+    assert ["--no-class-calibration" in c for c in commands] == [False, False, True]
 
 
 def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:

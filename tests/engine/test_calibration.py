@@ -1,0 +1,193 @@
+"""Class calibration fitted on the labels: the fit, the tile-by-tile sphere means,
+the calibrated class decision, the model file field, and picking a net whose
+classes are swapped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional
+
+from sasi_scipion.engine.calibration import (
+    ClassCalibration,
+    SphereMeans,
+    calibration_problem,
+    fit_calibration,
+)
+from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.model_file import Model, ModelMetadata
+from sasi_scipion.engine.mrc_io import Volume
+from sasi_scipion.engine.normalize import NORMALISATION, normalise
+from sasi_scipion.engine.picking import label_decisions, pick_tomogram
+from sasi_scipion.engine.postprocess import summarise_probabilities
+
+
+def test_the_fit_learns_a_decision_the_raw_argmax_gets_wrong() -> None:
+    """Features whose largest entry names the wrong class (class 0's particles lean to
+    class 1 and class 2's to class 0), but separable: the fit classifies held-out
+    samples right, the argmax does not."""
+    rng = np.random.default_rng(0)
+    means = np.array([[-3.0, -1.0, -0.5, -2.0], [-3.0, -2.0, -0.5, -3.0],
+                      [-3.0, -0.5, -2.0, -1.5]])  # background, then classes 0, 1, 2
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        classes = np.repeat(np.arange(3), n)
+        return means[classes] + 0.2 * rng.standard_normal((3 * n, 4)), classes
+
+    features, classes = draw(10)
+    calibration = fit_calibration(features, classes, 3)
+    held_out, truth = draw(200)
+    calibrated = calibration.class_logits(torch.from_numpy(held_out.T)).argmax(dim=0).numpy()
+    assert (calibrated == truth).mean() > 0.95
+    assert (held_out[:, 1:].argmax(axis=1) == truth).mean() < 0.5
+    assert calibration.weight.shape == (3, 4) and calibration.labels == 30
+
+
+def test_nothing_is_fitted_for_one_class_or_a_class_without_labels() -> None:
+    features = np.zeros((4, 3))
+    assert fit_calibration(features[:, :2], np.zeros(4, dtype=int), 1) is None
+    assert fit_calibration(features, np.array([0, 0, 0, 0]), 2) is None
+    # a label whose sphere no voxel reached (NaN) is left out, not a NaN fit
+    nan = np.array([[np.nan] * 3, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert fit_calibration(nan, np.array([0, 0, 1]), 2) is not None
+    assert fit_calibration(nan, np.array([1, 0, 0]), 2) is None  # class 1 only unreached
+
+
+def test_sphere_means_added_tile_by_tile_equal_the_whole_volume_mean() -> None:
+    rng = np.random.default_rng(1)
+    values = torch.from_numpy(rng.standard_normal((3, 20, 18, 16)).astype(np.float32))
+    centres = np.array([[9.5, 8.0, 7.0], [0.0, 0.0, 0.0], [19.0, 17.0, 15.0]])
+    radii = np.array([4.0, 2.5, 3.0])
+    probe = SphereMeans(centres, radii, 3)
+    for z0 in (0, 7, 13):  # uneven parts, as tiles are
+        for y0 in (0, 9):
+            z1, y1 = {0: 7, 7: 13, 13: 20}[z0], y0 + 9
+            probe.add(values[:, z0:z1, y0:y1], (slice(z0, z1), slice(y0, y1), slice(0, 16)))
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in values.shape[1:]], indexing="ij"), -1)
+    for centre, radius, mean in zip(centres, radii, probe.means()):
+        inside = ((grid - centre) ** 2).sum(-1) <= radius**2
+        np.testing.assert_allclose(mean, values.numpy()[:, inside].mean(axis=1), rtol=1e-5)
+    assert np.isnan(SphereMeans(np.array([[50.0, 50, 50]]), np.array([2.0]), 3).means()).all()
+
+
+def test_a_calibrated_decision_changes_the_class_of_particle_voxels_only() -> None:
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 2.0]]).T  # 3 voxels
+    log_probs = functional.log_softmax(logits.reshape(3, 3, 1, 1), dim=0)
+    swap = ClassCalibration(np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), np.zeros(2), 2)
+    labels, scores, foreground = summarise_probabilities(log_probs)
+    calibrated, calibrated_scores, calibrated_foreground = summarise_probabilities(log_probs,
+                                                                                   swap)
+    assert labels.ravel().tolist() == [0, 1, 2]
+    assert calibrated.ravel().tolist() == [0, 2, 1]  # background stays background
+    assert torch.equal(foreground, calibrated_foreground)
+    assert calibrated_scores[0].item() == pytest.approx(scores[0].item())
+    assert calibrated_scores[1].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(),
+                                                        abs=1e-5)
+
+
+def test_model_files_refuse_a_calibration_of_the_wrong_shape() -> None:
+    good = ClassCalibration(np.zeros((2, 3)), np.zeros(2), 6).as_dict()
+    assert calibration_problem(good, 2) is None
+    assert calibration_problem({}, 2) is None
+    assert calibration_problem(good, 3) == ("its class calibration is not 3 (or 4) x 4 "
+                                            "weights and as many biases")
+    with_reject = ClassCalibration(np.zeros((3, 3)), np.zeros(3), 6).as_dict()
+    assert calibration_problem(with_reject, 2) is None
+    assert calibration_problem({**with_reject, "bias": [0.0, 0.0]}, 2) is not None
+    assert "finite" in calibration_problem({**good, "bias": [0.0, float("nan")]}, 2)
+    assert "table" in calibration_problem([1, 2], 2)
+    assert ClassCalibration.from_dict({}) is None
+
+
+class SwappedClasses(nn.Module):
+    """A fully convolutional stand-in net for normalised volumes of balls of two
+    levels over a background level: it finds the balls, but calls those of the
+    lower level ``b`` and those of the higher ``a`` (the labels say the reverse)."""
+
+    size_multiple = 1
+    receptive_margin = 0
+    num_outputs = 3
+
+    def __init__(self, background: float, low: float, high: float) -> None:
+        super().__init__()
+        self.levels = background, low, high
+        self.gain = nn.Parameter(torch.ones(()))  # inference takes the dtype of a weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        background, low, high = self.levels
+        v = (x[:, :1] - low) / (high - low)  # background < 0, low 0, high 1
+        edge = (background - low) / (high - low) / 2
+        return self.gain * torch.cat([8.0 * (edge - v), -4.0 * (v - 1.0) ** 2, -4.0 * v**2],
+                                     dim=1)
+
+
+def _balls(centres: list[tuple[int, int, int]], values: list[float],
+           shape: tuple[int, int, int] = (24, 40, 40), radius: float = 3.0) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    volume = np.zeros(shape, dtype=np.float32)
+    for centre, value in zip(centres, values):
+        volume[((grid - np.array(centre)) ** 2).sum(-1) <= radius**2] = value
+    return volume
+
+
+def test_training_labels_fix_a_net_that_swaps_two_classes() -> None:
+    """The calibration is fitted on the labelled balls of a normalised training volume
+    and stored in the model; picking a second volume (normalised by picking) then
+    names both balls right, and without it (``calibrated=False``, the network's argmax)
+    both wrong."""
+    names, radii = ["a", "b"], [3.0, 3.0]
+    centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8)]
+    training = normalise(_balls(centres, [1, 1, 2, 2]))
+    labels = ParticleTable([c[::-1] for c in centres], ["a", "a", "b", "b"])  # (x, y, z)
+    net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
+    cpu = torch.device("cpu")
+    calibration, cutoffs = label_decisions(net, [training], [labels], names, radii, cpu)
+    assert calibration is not None and calibration.labels == 4
+    meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=names, radii=radii,
+                         window=24, voxel_size=None, normalisation=NORMALISATION,
+                         pretrained_only=False, iterations=1, score_cutoffs=cutoffs,
+                         class_calibration=calibration.as_dict())
+    # the same histogram as the training volume, so the same normalisation
+    test = Volume(_balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8)], [1, 2, 1, 2]),
+                  None)
+    for calibrated, expected in [(True, ["a", "b", "a", "b"]), (False, ["b", "a", "b", "a"])]:
+        picks = pick_tomogram(Model(net, meta), test, cpu, min_score=0.0,
+                              calibrated=calibrated)
+        order = np.lexsort((picks.xyz[:, 2], picks.xyz[:, 1] != 10, picks.xyz[:, 0] != 20))
+        np.testing.assert_allclose(picks.xyz[order], [[20, 10, 6], [20, 30, 17], [8, 30, 6],
+                                                      [8, 8, 17]], atol=0.5)
+        assert list(picks.classes[order]) == expected
+
+
+def test_background_points_make_a_reject_class_that_drops_lookalike_distractors() -> None:
+    """Balls of a third, brighter level (distractors) are called ``a`` by the net;
+    background points on them in the training volume give the calibration a reject
+    class, and picking then finds only the four particles, each named right."""
+    names, radii = ["a", "b"], [3.0, 3.0]
+    centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8), (6, 8, 30), (17, 30, 30)]
+    training = normalise(_balls(centres, [1, 1, 2, 2, 3, 3]))
+    labels = ParticleTable([c[::-1] for c in centres[:4]], ["a", "a", "b", "b"])
+    background = ParticleTable([c[::-1] for c in centres[4:]], ["background"] * 2)
+    net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
+    cpu = torch.device("cpu")
+    plain, _ = label_decisions(net, [training], [labels], names, radii, cpu)
+    calibration, cutoffs = label_decisions(net, [training], [labels], names, radii, cpu,
+                                           [background])
+    assert not plain.rejects and calibration.rejects and calibration.labels == 6
+    assert calibration_problem(calibration.as_dict(), 2) is None
+    test = Volume(_balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8), (12, 20, 32),
+                          (12, 20, 6)], [1, 2, 1, 2, 3, 3]), None)
+    found = {}
+    for name, fitted in [("plain", plain), ("reject", calibration)]:
+        meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=names, radii=radii,
+                             window=24, voxel_size=None, normalisation=NORMALISATION,
+                             pretrained_only=False, iterations=1,
+                             class_calibration=fitted.as_dict())
+        picks = pick_tomogram(Model(net, meta), test, cpu, min_score=0.0)
+        found[name] = sorted((tuple(np.round(p).astype(int)), c)
+                             for p, c in zip(picks.xyz, picks.classes))
+    particles = [((8, 8, 17), "b"), ((8, 30, 6), "a"), ((20, 10, 6), "a"), ((20, 30, 17), "b")]
+    assert found["reject"] == particles
+    assert len(found["plain"]) == 6 and set(particles) < set(found["plain"])
