@@ -11,8 +11,8 @@ Two modes:
 - ``segment_sliding`` (the paper's reference): windows of W with stride W/2,
   softmax probabilities averaged where windows overlap. Every window sees its
   own zero padding at its faces, so its answer differs slightly from the
-  tiled one near window faces; ``tests/engine/test_inference.py`` states the
-  tolerance.
+  tiled one near window faces; ``test_tiled_and_sliding_agree_on_a_random_volume``
+  in ``tests/engine/test_inference_postprocess.py`` states the tolerance.
 
 Volumes are normalised ``float32`` ``(z, y, x)``.
 """
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from .defaults import PRECISIONS
+from .defaults import PRECISIONS, Precision
 from .postprocess import Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
@@ -48,7 +48,7 @@ def _use_all_cpus(device: torch.device) -> None:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: Precision, device: torch.device) -> str:
     """The arithmetic used for inference: ``auto`` is ``fp16`` autocast on a GPU,
     ``bf16`` autocast on a CPU with native bfloat16 (AVX512-BF16 / AMX), else ``fp32``."""
     if precision not in PRECISIONS:
@@ -232,7 +232,7 @@ def segment_tiled(
     volume: np.ndarray,
     device: torch.device,
     max_tile_voxels: int | None = None,
-    precision: str = "auto",
+    precision: Precision = "auto",
     progress: ProgressCallback | None = None,
 ) -> Segmentation:
     """Segment ``volume`` with exact tiled inference (see the module docstring); a net
@@ -290,7 +290,7 @@ def segment_sliding(
     window: int = 24,
     stride: int = 12,
     batch_size: int = 32,
-    precision: str = "auto",
+    precision: Precision = "auto",
     progress: ProgressCallback | None = None,
 ) -> Segmentation:
     """Segment ``volume`` the paper's way: windows of ``window`` voxels every

@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional
 
 from .coordinates import ParticleTable
-from .defaults import COMPONENT_MODES, DEFAULT_COMPONENTS
+from .defaults import COMPONENT_MODES, DEFAULT_COMPONENTS, ComponentMode
 
 MIN_SIZE_FRACTION = 0.25
 """Default smallest component kept, relative to the class sphere volume."""
@@ -312,7 +312,7 @@ def extract_particles(
     radii: Sequence[float],
     min_size_fraction: float = MIN_SIZE_FRACTION,
     min_score: float | Sequence[float] = 0.0,
-    components: str = DEFAULT_COMPONENTS,
+    components: ComponentMode = DEFAULT_COMPONENTS,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
 ) -> ParticleTable:
     """Particles of every class in a segmentation.
