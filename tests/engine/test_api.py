@@ -4,8 +4,10 @@ importing the package loads no torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,37 @@ def test_importing_the_engine_loads_torch_only_for_the_library_calls() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stdout.split() == ["False", "True"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_lets_an_interrupted_training_go_on_to_the_same_model(
+        small_tomogram: Path, tmp_path: Path, monkeypatch) -> None:
+    from sasi_scipion.engine import resumable
+
+    monkeypatch.setattr(resumable, "CHECKPOINT_INTERVAL_S", 0.0)  # one after every step
+    settings = TrainingSettings(iterations=3, batch_size=2, consistency_batch=2)
+    reference = train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu")
+
+    def stop_at_2(done: int, total: int) -> None:
+        if done == 2:
+            raise _Stop
+
+    checkpoint = tmp_path / "m.pt.ckpt"
+    with pytest.raises(_Stop):
+        train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu",
+              progress=stop_at_2, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 1
+    shutil.copy(checkpoint, tmp_path / "copy.ckpt")
+    steps: list[int] = []
+    resumed = train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu",
+                    progress=lambda done, total: steps.append(done), checkpoint=checkpoint)
+    assert steps == [2, 3] and not checkpoint.exists()
+    assert all(torch.equal(v, _state(resumed)[k]) for k, v in _state(reference).items())
+    assert resumed.metadata.loss_history == reference.metadata.loss_history
+    assert resumed.metadata.score_cutoffs == reference.metadata.score_cutoffs
+    with pytest.raises(SasiInputError, match="checkpoint of another run"):
+        train([small_tomogram], [LABELS], {"*": 3}, device="cpu", checkpoint=tmp_path / "copy.ckpt",
+              settings=dataclasses.replace(settings, seed=1))
