@@ -29,12 +29,12 @@ from .defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_COMPONENTS,
     UNSCORED_CLASSES,
-    Backbone,
+    BackboneName,
     ComponentMode,
     PickMode,
     Precision,
 )
-from .device import resolve_device
+from .device import resolve_device, use_all_cpus
 from .errors import SasiInputError, SasiWarning, input_name  # noqa: F401 (exported)
 from .formats import read_coordinates
 from .limits import finite_problem
@@ -74,15 +74,19 @@ def _run(run: TrainingRun, progress: Progress | None,
     """Train ``run`` to the end, through a checkpoint file when one is given."""
     report = Callback(run.trainer.settings.iterations, progress)
     if checkpoint is None:
-        return run.run(report)
-    path = Path(checkpoint)
-    remove_partials(path)
-    resumable = ResumableRun(run, path)
-    if resumable.history:
-        LOG.info("%s: resuming from %s after iteration %d", run.label, path,
-                 len(resumable.history))
-    model = run.model(resumable.train(report))
-    resumable.finish()
+        history = run.trainer.run(report)
+    else:
+        path = Path(checkpoint)
+        remove_partials(path)
+        resumable = ResumableRun(run, path)
+        if resumable.history:
+            LOG.info("%s: resuming from %s after iteration %d", run.label, path,
+                     len(resumable.history))
+        history = resumable.train(report)
+    use_all_cpus(run.trainer.device)  # the score cut-offs segment the labelled tomograms
+    model = run.model(history)
+    if checkpoint is not None:
+        resumable.finish()
     return model
 
 
@@ -96,7 +100,7 @@ def train(
     pretrained: PretrainedInput | None = None,
     device: str = "auto",
     progress: Progress | None = None,
-    arch: Backbone = DEFAULT_BACKBONE,
+    arch: BackboneName = DEFAULT_BACKBONE,
     batch_norm: bool | None = None,
     voxel_size: float | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -150,7 +154,7 @@ def pretrain(
     settings: TrainingSettings | None = None,
     device: str = "auto",
     progress: Progress | None = None,
-    arch: Backbone = DEFAULT_BACKBONE,
+    arch: BackboneName = DEFAULT_BACKBONE,
     batch_norm: bool | None = None,
     voxel_size: float | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -226,7 +230,9 @@ def pick(
     name = input_name("model")
     if not isinstance(model, Model):
         model, name = Model.load(model), str(model)
-    return pick_tomogram(model, _tomogram(tomogram), resolve_device(device), mode, min_score,
+    placed = resolve_device(device)
+    use_all_cpus(placed)
+    return pick_tomogram(model, _tomogram(tomogram), placed, mode, min_score,
                          precision, progress, components, invert_contrast, voxel_size, name)
 
 

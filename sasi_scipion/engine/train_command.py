@@ -17,7 +17,7 @@ import torch
 from .atomic import atomic_output, check_outputs, remove_partials
 from .checkpoint import checkpoint_path
 from .defaults import SSL_AUTO, WINDOW
-from .device import resolve_device
+from .device import resolve_device, use_all_cpus
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError, SasiWarning, input_name
 from .limits import voxel_size_problem
@@ -141,6 +141,7 @@ def _train_and_save(args: argparse.Namespace, run: TrainingRun, out: Path) -> No
     with atomic_output(log_path) as tmp_log, \
             ProgressLog(settings.iterations, label, tmp_log, previous=log) as progress:
         history = resumable.train(progress, progress)
+        use_all_cpus(trainer.device)  # the score cut-offs segment the labelled tomograms
         run.model(history).save(out)
     resumable.finish()
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoint import run_fingerprint
 from .contrast import contrast_skew, label_contrast
-from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW, Backbone
+from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW, BackboneName
 from .distributed import ALONE, Replica
 from .errors import SasiInputError, input_name
 from .model_file import Model, ModelMetadata, build_network, read_model_file
@@ -150,7 +150,7 @@ def prepare_train(
     tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
     radii: Mapping[str, float], settings: TrainingSettings, device: torch.device, *,
     unlabelled: Sequence[TomogramInput] = (), pretrained: PretrainedInput | None = None,
-    arch: Backbone = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    arch: BackboneName = DEFAULT_BACKBONE, batch_norm: bool | None = None,
     voxel_size: float | None = None, replica: Replica = ALONE,
 ) -> TrainingRun:
     """Check and load everything a few-shot training run needs (``api.train`` states
@@ -205,7 +205,7 @@ def prepare_train(
 
 def prepare_pretrain(
     tomograms: Sequence[TomogramInput], settings: TrainingSettings, device: torch.device, *,
-    arch: Backbone = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    arch: BackboneName = DEFAULT_BACKBONE, batch_norm: bool | None = None,
     voxel_size: float | None = None, replica: Replica = ALONE,
 ) -> TrainingRun:
     """Check and load a SimCLR pre-training run (``api.pretrain`` states the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -159,3 +160,24 @@ def test_a_checkpoint_lets_an_interrupted_training_go_on_to_the_same_model(
     with pytest.raises(SasiInputError, match="checkpoint of another run"):
         train([small_tomogram], [LABELS], {"*": 3}, device="cpu", checkpoint=tmp_path / "copy.ckpt",
               settings=dataclasses.replace(settings, seed=1))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_picking_through_the_api_or_the_command_uses_every_cpu_of_the_process(
+        small_tomogram: Path, tmp_path: Path) -> None:
+    from sasi_scipion.engine.cli import main
+
+    model = train([small_tomogram], [LABELS], {"*": 3}, settings=TINY, device="cpu")
+    model.save(tmp_path / "m.pt")
+    cpus, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        pick(model, small_tomogram, device="cpu")
+        assert torch.get_num_threads() == cpus
+        torch.set_num_threads(1)
+        assert main(["pick", "--model", str(tmp_path / "m.pt"), "--tomogram",
+                     str(small_tomogram), "--out", str(tmp_path / "p.tsv"),
+                     "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == cpus
+    finally:
+        torch.set_num_threads(before)
