@@ -227,12 +227,11 @@ def pick(
         problem = finite_problem(input_name("min_score"), min_score, 0.0, 1.0)
         if problem:
             raise SasiInputError(problem)
+    use_all_cpus(resolve_device(device))
     name = input_name("model")
     if not isinstance(model, Model):
         model, name = Model.load(model), str(model)
-    placed = resolve_device(device)
-    use_all_cpus(placed)
-    return pick_tomogram(model, _tomogram(tomogram), placed, mode, min_score,
+    return pick_tomogram(model, _tomogram(tomogram), resolve_device(device), mode, min_score,
                          precision, progress, components, invert_contrast, voxel_size, name)
 
 
