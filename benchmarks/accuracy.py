@@ -57,6 +57,7 @@ from torch.nn import functional
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
+from sasi_scipion.engine.device import use_all_cpus
 from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.metrics import Scores, evaluate_czii, evaluate_occupancy
 from sasi_scipion.engine.model_file import Model
@@ -235,6 +236,7 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
     model's picks of its training tomogram and the labels it was trained on), and
     ``foreground`` and ``peaks`` at each of ``foreground_thresholds``."""
     report, work, data, dataset, tests = finished_run(report_path)
+    use_all_cpus(torch.device("cpu"))
     results = []
     for entry in report["results"]:
         if entry["labels"] is None:

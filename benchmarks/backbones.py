@@ -18,6 +18,7 @@ import torch
 from conv_floor import flops_per_voxel
 from report import write_report
 
+from sasi_scipion.engine.device import use_all_cpus
 from sasi_scipion.engine.inference import segment_tiled
 from sasi_scipion.engine.models import BACKBONES, build_backbone
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     args = parser.parse_args()
+    use_all_cpus(torch.device("cpu"))  # as sasi pick does
     rows = [figures(arch) for arch in BACKBONES]
     write_report(rows, args.out, volume_zyx=list(SHAPE))
 

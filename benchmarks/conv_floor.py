@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sasi_scipion.engine.models import build_backbone
-from sasi_scipion.engine.models.deepfinder import PlaneStackedInputConv3d, UpsampledConcatConv3d
+from sasi_scipion.engine.models.layers import PlaneStackedInputConv3d, UpsampledConcatConv3d
 
 ARCH = "deepfinder"
 NUM_OUTPUTS = 4

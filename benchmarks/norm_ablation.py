@@ -31,6 +31,7 @@ from torch import nn
 
 from sasi_scipion.engine.coordinates import read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
+from sasi_scipion.engine.device import use_all_cpus
 from sasi_scipion.engine.inference import segment_tiled
 from sasi_scipion.engine.models import build_backbone
 from sasi_scipion.engine.mrc_io import read_volume
@@ -80,6 +81,7 @@ def run(work: Path, variant: str, labels_per_class: int, seed: int, ssl: str,
     model.eval()
     tests = dataset["tomograms"][1:]
     picks = {}
+    use_all_cpus(torch.device("cpu"))  # as sasi pick does
     with torch.no_grad():
         for name in tests:
             volume = normalise(read_volume(data_dir / f"{name}.mrc").data)

@@ -38,6 +38,7 @@ from accuracy import (
 
 from sasi_scipion.engine.calibration import CALIBRATION_L2
 from sasi_scipion.engine.coordinates import read_particles
+from sasi_scipion.engine.device import use_all_cpus
 from sasi_scipion.engine.inference import segment_tiled
 from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.model_file import Model
@@ -69,6 +70,7 @@ def main() -> None:
     report, work, data, dataset, tests = finished_run(args.report)
     training = normalise(read_volume(data / f"{TRAINING_TOMOGRAM}.mrc").data)
     cpu = torch.device("cpu")
+    use_all_cpus(cpu)
     results = []
     for entry in report["results"]:
         if entry["labels"] is None:

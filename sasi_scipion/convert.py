@@ -17,7 +17,7 @@ import numpy as np
 from tomo import constants as tomo_const
 from tomo.objects import Coordinate3D, SetOfCoordinates3D, SetOfTomograms, Tomogram
 
-from .engine.coordinates import ParticleTable, read_particles, write_particles
+from .engine.coordinates import ParticleTable, read_particles
 
 
 def tomograms_by_tsid(tomograms: SetOfTomograms) -> dict[str, Tomogram]:
@@ -72,11 +72,6 @@ def coordinate_tsids(coordinates: SetOfCoordinates3D) -> set[str]:
     if coordinates.getSize() == 0:
         return set()
     return {str(v) for v in coordinates.getUniqueValues(Coordinate3D.TOMO_ID_ATTR)}
-
-
-def write_table(path: str | os.PathLike, table: ParticleTable) -> None:
-    """Write an engine coordinate file (``.tsv``)."""
-    write_particles(path, table)
 
 
 def class_output_name(prefix: str, class_name: str) -> str:

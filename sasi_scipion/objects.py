@@ -28,9 +28,6 @@ class SaSiModel(EMObject):
         """Path of the ``.pt`` model file."""
         return self._path.get()
 
-    def setPath(self, path: str) -> None:
-        self._path.set(path)
-
     def getClassNames(self) -> list[str]:
         return json.loads(self._classNames.get() or "[]")
 
@@ -41,9 +38,6 @@ class SaSiModel(EMObject):
     def getVoxelSize(self) -> float | None:
         """Å per voxel of the training tomograms."""
         return self._voxelSize.get()
-
-    def getWindow(self) -> int:
-        return self._window.get()
 
     def getArch(self) -> str:
         return self._arch.get()

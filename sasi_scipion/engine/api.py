@@ -15,23 +15,26 @@ are still used are :class:`SasiWarning` s; progress notes go to the
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from . import API_NAMES
+from .atomic import remove_partials
 from .coordinates import ParticleTable
 from .defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_COMPONENTS,
     UNSCORED_CLASSES,
-    Backbone,
+    BackboneName,
     ComponentMode,
     PickMode,
     Precision,
 )
-from .device import resolve_device
+from .device import resolve_device, use_all_cpus
 from .errors import SasiInputError, SasiWarning, input_name  # noqa: F401 (exported)
 from .formats import read_coordinates
 from .limits import finite_problem
@@ -40,11 +43,14 @@ from .model_file import Model
 from .mrc_io import TomogramInput, Volume, read_volume
 from .picking import pick_tomogram
 from .progress import Callback
+from .resumable import ResumableRun
 from .training import TrainingSettings
 from .training_data import ANY_CLASS, LabelsInput, class_radii  # noqa: F401 (exported)
-from .training_run import PretrainedInput, prepare_pretrain, prepare_train
+from .training_run import PretrainedInput, TrainingRun, prepare_pretrain, prepare_train
 
 __all__ = list(API_NAMES)
+
+LOG = logging.getLogger(__package__)
 
 Progress = Callable[[int, int], None]
 """Called with ``(steps done, total steps)`` after each training iteration or tile."""
@@ -63,6 +69,27 @@ def _tomogram(tomogram: Tomogram) -> TomogramInput:
     return Volume(tomogram, None) if isinstance(tomogram, np.ndarray) else tomogram
 
 
+def _run(run: TrainingRun, progress: Progress | None,
+         checkpoint: str | os.PathLike | None) -> Model:
+    """Train ``run`` to the end, through a checkpoint file when one is given."""
+    report = Callback(run.trainer.settings.iterations, progress)
+    if checkpoint is None:
+        history = run.trainer.run(report)
+    else:
+        path = Path(checkpoint)
+        remove_partials(path)
+        resumable = ResumableRun(run, path)
+        if resumable.history:
+            LOG.info("%s: resuming from %s after iteration %d", run.label, path,
+                     len(resumable.history))
+        history = resumable.train(report)
+    use_all_cpus(run.trainer.device)  # the score cut-offs segment the labelled tomograms
+    model = run.model(history)
+    if checkpoint is not None:
+        resumable.finish()
+    return model
+
+
 def train(
     tomograms: Sequence[Tomogram],
     labels: Sequence[LabelsInput],
@@ -73,9 +100,10 @@ def train(
     pretrained: PretrainedInput | None = None,
     device: str = "auto",
     progress: Progress | None = None,
-    arch: Backbone = DEFAULT_BACKBONE,
+    arch: BackboneName = DEFAULT_BACKBONE,
     batch_norm: bool | None = None,
     voxel_size: float | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Model:
     """Few-shot training: learn the classes of a few labelled particles.
 
@@ -97,13 +125,19 @@ def train(
         batch_norm: batch normalisation after every convolution of the DeepFinder
             U-Net; ``None``: ``defaults.BATCH_NORM`` (on).
         voxel_size: Å per voxel of every tomogram, replacing their own.
+        checkpoint: a file to keep a checkpoint of the training in (every 3 minutes;
+            ``sasi train --resume`` keeps ``M.pt.ckpt``). When it holds the checkpoint
+            of an interrupted call with the same inputs and settings, training goes on
+            from there, to the model an uninterrupted call gives; it is removed when
+            training ends. ``None``: no checkpoint.
 
     Returns:
         The trained :class:`Model` (on the CPU), with per-class score cut-offs chosen
         from how it scores the labelled particles.
 
     Raises:
-        SasiInputError: naming the parameter and the fix, before any training.
+        SasiInputError: naming the parameter and the fix, before any training (or a
+            ``checkpoint`` of another run).
     """
     if settings is None:
         settings = TrainingSettings(ssl="none" if pretrained is not None else "iss")
@@ -111,7 +145,7 @@ def train(
                         resolve_device(device), unlabelled=_tomograms(unlabelled, "unlabelled"),
                         pretrained=pretrained, arch=arch, batch_norm=batch_norm,
                         voxel_size=voxel_size)
-    return run.run(Callback(run.trainer.settings.iterations, progress))
+    return _run(run, progress, checkpoint)
 
 
 def pretrain(
@@ -120,9 +154,10 @@ def pretrain(
     settings: TrainingSettings | None = None,
     device: str = "auto",
     progress: Progress | None = None,
-    arch: Backbone = DEFAULT_BACKBONE,
+    arch: BackboneName = DEFAULT_BACKBONE,
     batch_norm: bool | None = None,
     voxel_size: float | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Model:
     """Self-supervised (SimCLR) pre-training on unlabelled tomograms: every iteration
     is a SimCLR step; ``settings`` infill, consistency and SSL schedule are ignored.
@@ -132,12 +167,13 @@ def pretrain(
         A pre-trained :class:`Model` (no classes) to give :func:`train` as ``pretrained``.
 
     Raises:
-        SasiInputError: naming the parameter and the fix, before any training.
+        SasiInputError: naming the parameter and the fix, before any training (or a
+            ``checkpoint`` of another run).
     """
     run = prepare_pretrain(_tomograms(tomograms, "tomograms"), settings or TrainingSettings(),
                            resolve_device(device), arch=arch, batch_norm=batch_norm,
                            voxel_size=voxel_size)
-    return run.run(Callback(run.trainer.settings.iterations, progress))
+    return _run(run, progress, checkpoint)
 
 
 def load_model(path: str | os.PathLike) -> Model:
@@ -194,6 +230,7 @@ def pick(
         problem = finite_problem(input_name("min_score"), min_score, 0.0, 1.0)
         if problem:
             raise SasiInputError(problem)
+    use_all_cpus(resolve_device(device))
     name = input_name("model")
     if not isinstance(model, Model):
         model, name = Model.load(model), str(model)

@@ -9,6 +9,7 @@ tomogram shows, so augmented windows stay realistic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ SPATIAL_DIMS = (-3, -2, -1)
 
 
 def rotate_about_z(x: torch.Tensor, angles: torch.Tensor | np.ndarray,
-                   mode: str = "bilinear") -> torch.Tensor:
+                   mode: Literal["bilinear", "nearest"] = "bilinear") -> torch.Tensor:
     """Rotate each sample of ``x`` ``(B, C, z, y, x)`` in the ``(y, x)`` plane.
 
     Args:
@@ -80,12 +81,6 @@ class ExactTransform:
         dims = [d for d, flip in zip(SPATIAL_DIMS, self.flips) if flip]
         out = t.flip(dims) if dims else t
         return torch.rot90(out, self.quarter_turns, dims=(-2, -1))
-
-    def inverse(self, t: torch.Tensor) -> torch.Tensor:
-        """Undo ``apply``."""
-        out = torch.rot90(t, -self.quarter_turns, dims=(-2, -1))
-        dims = [d for d, flip in zip(SPATIAL_DIMS, self.flips) if flip]
-        return out.flip(dims) if dims else out
 
 
 def random_exact_transform(rng: np.random.Generator) -> ExactTransform:

@@ -470,8 +470,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise SasiInputError(f"--out {args.out}: is a file; the demo needs a work folder")
-    run_demo(args.out, iterations=args.iterations, seed=args.seed, device_spec=args.device,
-             sasi=main)
+    run_demo(args.out, iterations=args.iterations, seed=args.seed, device=args.device)
 
 
 COMMANDS = {

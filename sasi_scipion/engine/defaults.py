@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Backbone = Literal["deepfinder", "resunet", "vit"]
-BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
+BackboneName = Literal["deepfinder", "resunet", "vit"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)
 """Backbone names, in the order of the forms' 'Network' choices; the first is the
-default (the SaSi paper's U-Net). ``models.BACKBONES`` maps them to classes."""
+default (the SaSi paper's U-Net). ``models.BACKBONES`` maps them to classes, whose
+instances ``models.Backbone`` describes."""
 DEFAULT_BACKBONE = BACKBONE_NAMES[0]
 BATCH_NORM = True
 """Whether new DeepFinder U-Nets get a batch normalisation after every convolution

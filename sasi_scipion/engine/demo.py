@@ -1,23 +1,25 @@
 """``sasi demo``: a user's first minutes: simulate, label a few, train, pick, score.
 
-Training and picking run as the ``sasi train`` and ``sasi pick`` commands the user
-would type (with their progress lines, log files and ``--resume``), through the
-runner the ``sasi`` command hands in; simulating and scoring are library calls.
+Every step is a library call (``docs/api.md``): ``simulate_dataset``, then
+``train`` (with a checkpoint beside the model, so that a rerun with the same ``out``
+goes on from an interrupted training), ``pick`` and ``evaluate``, with progress lines
+on stderr. The ``sasi demo`` command calls :func:`run_demo`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .api import evaluate
+from .api import evaluate, pick, train
+from .checkpoint import checkpoint_path
 from .coordinates import ParticleTable, read_particles, write_particles
-from .errors import SasiInputError
+from .progress import ProgressLog
 from .simulate import simulate_dataset
+from .training import TrainingSettings
 
 DEMO_SHAPE = (64, 160, 160)
 """Shape ``(z, y, x)`` of the demo's two simulated tomograms, voxels."""
@@ -36,14 +38,20 @@ def few_labels(truth: ParticleTable, per_class: int, seed: int) -> ParticleTable
     return truth.subset(np.sort(np.concatenate(chosen)))
 
 
-def run_demo(out: str, iterations: int | None, seed: int, device_spec: str,
-             sasi: Callable[[Sequence[str]], int]) -> float:
-    """Run the demo in folder ``out``, its commands through ``sasi`` (``cli.main``);
-    print and return the pooled F1 on the test tomogram."""
-    def step(*argv: str) -> None:
-        if sasi(list(argv)) != 0:
-            raise SasiInputError(f"demo step 'sasi {argv[0]}' failed (see above)")
+def run_demo(out: str | Path, iterations: int | None = None, seed: int = 0,
+             device: str = "auto") -> float:
+    """Run the demo in folder ``out``; print and return the pooled F1 on the test
+    tomogram. Writes ``data/`` (two simulated tomograms, their particles and
+    occupancy maps), ``labels.tsv``, ``model.pt`` (and its side-car) and
+    ``picks_tomo_001.tsv``; while training, ``model.pt.ckpt``, from which a rerun
+    goes on after an interruption.
 
+    Args:
+        out: the work folder.
+        iterations: training steps (``None``: :data:`DEMO_ITERATIONS`).
+        seed: seed of the data, the labels drawn and the training.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
     start = time.perf_counter()
     work = Path(out)
     data = work / "data"
@@ -51,16 +59,29 @@ def run_demo(out: str, iterations: int | None, seed: int, device_spec: str,
     print(f"wrote 2 tomogram(s) to {data}")
     labels = few_labels(read_particles(data / "tomo_000.tsv"), DEMO_LABELS_PER_CLASS, seed)
     write_particles(work / "labels.tsv", labels)
-    radii = [f"{name}={radius}" for name, radius in dataset["radii"].items()]
-    model = work / "model.pt"
-    step("train", "--tomogram", str(data / "tomo_000.mrc"), "--coords", str(work / "labels.tsv"),
-          *[arg for r in radii for arg in ("--radius", r)], "--out", str(model),
-          "--iterations", str(iterations or DEMO_ITERATIONS), "--seed", str(seed),
-          "--device", device_spec, "--resume")
-    picks = work / "picks_tomo_001.tsv"
-    step("pick", "--model", str(model), "--tomogram", str(data / "tomo_001.mrc"),
-          "--out", str(picks), "--device", device_spec)
-    result = evaluate(picks, data / "tomo_001.tsv", occupancy=data / "tomo_001_occupancy.mrc")
+    model_path = work / "model.pt"
+    settings = TrainingSettings(iterations=iterations or DEMO_ITERATIONS, seed=seed)
+    with ProgressLog(settings.iterations, "train") as log:
+        model = train([data / "tomo_000.mrc"], [work / "labels.tsv"],
+                      {name: float(radius) for name, radius in dataset["radii"].items()},
+                      settings=settings, device=device,
+                      progress=lambda done, _: log.update(done),
+                      checkpoint=checkpoint_path(model_path))
+    model.save(model_path)
+    print(f"trained {', '.join(model.classes)} -> {model_path}")
+    picks_path = work / "picks_tomo_001.tsv"
+    with ProgressLog(1, "pick tomo_001.mrc", step_name="tile") as log:
+        def report(done: int, total: int) -> None:
+            log.total = total
+            log.update(done)
+
+        picks = pick(model_path, data / "tomo_001.mrc", device=device, progress=report)
+    write_particles(picks_path, picks)
+    counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
+                       for name in picks.class_names)
+    print(f"picked {len(picks)} particle(s) ({counts or 'none'}) -> {picks_path}")
+    result = evaluate(picks_path, data / "tomo_001.tsv",
+                      occupancy=data / "tomo_001_occupancy.mrc")
     print(result.format_table())
     print(f"demo: trained on {len(labels)} labels ({DEMO_LABELS_PER_CLASS} per class) of "
           f"tomo_000, picked tomo_001: F1 {result.pooled.f1:.3f} in "

@@ -1,4 +1,5 @@
-"""Resolve ``--device auto|cpu|cuda[:i]`` to a torch device, with clear errors."""
+"""Resolve ``--device auto|cpu|cuda[:i]`` to a torch device, with clear errors; CPU
+threads for picking (``use_all_cpus``)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
             )
         return torch.device(f"cuda:{index}")
     raise SasiInputError(f"--device {spec}: unknown device; use auto, cpu, cuda or cuda:N")
+
+
+def use_all_cpus(device: torch.device) -> None:
+    """On the CPU, one torch thread per CPU this process may run on (its affinity: a
+    queue's allocation, ``taskset``), rather than torch's default. The entry points
+    call it before they segment a tomogram: ``api.pick`` (so ``sasi pick`` and the
+    demo), and ``api.train`` / ``sasi train`` before the score cut-offs after
+    training; training itself keeps torch's default (or a data-parallel worker's
+    share, ``distributed.join_process_group``)."""
+    if device.type == "cpu" and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(len(os.sched_getaffinity(0)))

@@ -11,8 +11,8 @@ Two modes:
 - ``segment_sliding`` (the paper's reference): windows of W with stride W/2,
   softmax probabilities averaged where windows overlap. Every window sees its
   own zero padding at its faces, so its answer differs slightly from the
-  tiled one near window faces; ``tests/engine/test_inference.py`` states the
-  tolerance.
+  tiled one near window faces; ``test_tiled_and_sliding_agree_on_a_random_volume``
+  in ``tests/engine/test_inference_postprocess.py`` states the tolerance.
 
 Volumes are normalised ``float32`` ``(z, y, x)``.
 """
@@ -20,17 +20,16 @@ Volumes are normalised ``float32`` ``(z, y, x)``.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional
 
 from .calibration import ClassCalibration
-from .defaults import PRECISIONS
+from .defaults import PRECISIONS, Precision
+from .models.backbone import Backbone, RegionDecoder
 from .postprocess import Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
@@ -47,12 +46,7 @@ DECODE_SHARE = 2
 voxels: per voxel the decoder needs about twice the encoder's memory."""
 
 
-def _use_all_cpus(device: torch.device) -> None:
-    if device.type == "cpu" and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: Precision, device: torch.device) -> str:
     """The arithmetic used for inference: ``auto`` is ``fp16`` autocast on a GPU,
     ``bf16`` autocast on a CPU with native bfloat16 (AVX512-BF16 / AMX), else ``fp32``."""
     if precision not in PRECISIONS:
@@ -67,7 +61,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 LOW_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _reduced_precision(model: nn.Module, device: torch.device, precision: str):
+def _reduced_precision(model: Backbone, device: torch.device, precision: str):
     """Autocast to ``precision``, unless the net itself is already in that dtype
     (``_prepare`` converts an ``autocast_free`` net) or ``precision`` is fp32."""
     if precision == "fp32" or next(model.parameters()).dtype != torch.float32:
@@ -75,7 +69,7 @@ def _reduced_precision(model: nn.Module, device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=LOW_PRECISION_DTYPES[precision])
 
 
-def _as_input(model: nn.Module, array: np.ndarray, device: torch.device) -> torch.Tensor:
+def _as_input(model: Backbone, array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A numpy batch ``(B, 1, z, y, x)`` as the net's input: its device and dtype,
     channels-last 3D."""
     dtype = next(model.parameters()).dtype
@@ -173,14 +167,13 @@ def _padded_crop(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
     return out
 
 
-def _prepare(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+def _prepare(model: Backbone, device: torch.device, precision: str) -> Backbone:
     """``model`` on ``device``, channels-last 3D, in eval mode, with its batch
     normalisation folded into its convolutions where it can (``without_batch_norm``).
     For bf16 or fp16, a net marked ``autocast_free`` (only convolutions, ReLU,
     pooling, nearest up-sampling and concatenation, once folded) becomes a copy in
     that dtype: the same arithmetic as autocast, without its per-operation casts
     (autocast runs the up-sampling in float32 and the concatenations follow)."""
-    _use_all_cpus(device)
     model = model.to(device).eval()
     fold = getattr(model, "without_batch_norm", None)
     model = (model if fold is None else fold()).to(memory_format=torch.channels_last_3d)
@@ -189,7 +182,7 @@ def _prepare(model: nn.Module, device: torch.device, precision: str) -> nn.Modul
     return model
 
 
-def _logits(model: nn.Module, batch: np.ndarray, device: torch.device,
+def _logits(model: Backbone, batch: np.ndarray, device: torch.device,
             precision: str) -> torch.Tensor:
     """Float32 class logits of a numpy batch ``(B, 1, z, y, x)`` (channels-last 3D)."""
     tensor = _as_input(model, batch, device)
@@ -215,7 +208,7 @@ def split_box(box: Box, max_voxels: int, multiple: int) -> list[Box]:
             for start in range(lo, hi, step)]
 
 
-def _core_logits(model: nn.Module, tile: np.ndarray, core: Box, device: torch.device,
+def _core_logits(model: Backbone | RegionDecoder, tile: np.ndarray, core: Box, device: torch.device,
                  precision: str, max_part_voxels: int) -> Iterator[tuple[Box, torch.Tensor]]:
     """Float32 class logits ``(K+1, *part extents)`` of ``core`` (a box in ``tile``'s
     voxels), part by part. A net with ``features`` and ``decode_region`` (the
@@ -232,11 +225,11 @@ def _core_logits(model: nn.Module, tile: np.ndarray, core: Box, device: torch.de
 
 
 def segment_tiled(
-    model: nn.Module,
+    model: Backbone,
     volume: np.ndarray,
     device: torch.device,
     max_tile_voxels: int | None = None,
-    precision: str = "auto",
+    precision: Precision = "auto",
     progress: ProgressCallback | None = None,
     calibration: ClassCalibration | None = None,
     log_probability_sink: LogProbabilitySink | None = None,
@@ -245,7 +238,7 @@ def segment_tiled(
     with a ``fixed_window`` (a ViT) runs on its windows instead, as ``segment_sliding``.
 
     Args:
-        model: a backbone (``size_multiple`` and ``receptive_margin`` attributes).
+        model: a backbone (``models.Backbone``: ``size_multiple``, ``receptive_margin`` ...).
         volume: normalised ``(z, y, x)`` tomogram.
         device: where the net runs.
         max_tile_voxels: largest tile in input voxels (default per device type).
@@ -297,13 +290,13 @@ def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[t
 
 
 def segment_sliding(
-    model: nn.Module,
+    model: Backbone,
     volume: np.ndarray,
     device: torch.device,
     window: int = 24,
     stride: int = 12,
     batch_size: int = 32,
-    precision: str = "auto",
+    precision: Precision = "auto",
     progress: ProgressCallback | None = None,
     calibration: ClassCalibration | None = None,
     log_probability_sink: LogProbabilitySink | None = None,

@@ -135,7 +135,7 @@ def segment_tomogram(
     return segmentation, source_shape
 
 
-def model_cutoffs(meta: ModelMetadata, components: str) -> list[float]:
+def model_cutoffs(meta: ModelMetadata, components: ComponentMode) -> list[float]:
     """The model's per-class score cut-offs for ``components`` (0 for every class of a
     model that has none: an older or pre-trained model)."""
     return meta.score_cutoffs.get(components, [0.0] * len(meta.classes))

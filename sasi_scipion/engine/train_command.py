@@ -1,5 +1,6 @@
 """``sasi train`` and ``sasi pretrain``: the command's checks, data-parallel processes,
-checkpoints, progress log and model file around a run that ``training_run`` sets up."""
+checkpoints (``resumable``), progress log and model file around a run that
+``training_run`` sets up."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,21 +15,18 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_output, check_outputs, remove_partials
-from .checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from .checkpoint import checkpoint_path
 from .defaults import SSL_AUTO, WINDOW
-from .device import resolve_device
+from .device import resolve_device, use_all_cpus
 from .distributed import ALONE, Replica, in_worker, join_process_group, leave_process_group
 from .errors import SasiInputError, SasiWarning, input_name
 from .limits import voxel_size_problem
 from .model_file import sidecar_paths
 from .progress import ProgressLog
-from .training import SaSiTrainer, TrainingSettings
+from .resumable import CHECKPOINT_INTERVAL_S, ResumableRun
+from .training import TrainingSettings
 from .training_data import check_tomograms, parse_radii
 from .training_run import TrainingRun, check_network, prepare_pretrain, prepare_train
-
-CHECKPOINT_INTERVAL_S = 180.0
-"""Without ``--checkpoint-every``, a checkpoint after each 3 minutes of training, on
-whatever device: a killed run loses at most that much work."""
 
 
 def _check_out(path: str) -> Path:
@@ -113,51 +110,19 @@ def _placement(args: argparse.Namespace) -> Iterator[tuple[torch.device, Replica
         leave_process_group()
 
 
-class _Checkpointer:
-    """Writes the checkpoint of a run (main process only) every ``every`` iterations,
-    or every :data:`CHECKPOINT_INTERVAL_S` seconds when ``every`` is ``None``."""
-
-    def __init__(self, trainer: SaSiTrainer, path: Path, fingerprint: str,
-                 every: int | None) -> None:
-        self.trainer = trainer
-        self.path = path
-        self.fingerprint = fingerprint
-        self.every = every
-        self.progress: ProgressLog | None = None
-        self._last = time.monotonic()
-
-    def after_step(self, done: int, history: list[dict]) -> None:
-        """Write a checkpoint after ``done`` iterations when one is due."""
-        if not self.trainer.replica.is_main or done >= self.trainer.settings.iterations:
-            return
-        due = (done % self.every == 0 if self.every
-               else time.monotonic() - self._last >= CHECKPOINT_INTERVAL_S)
-        if due:
-            write_checkpoint(self.path, self.fingerprint, done, self.trainer.state_dict(),
-                             history, self.progress.records if self.progress else [])
-            self._last = time.monotonic()
-
-
 def _train_and_save(args: argparse.Namespace, run: TrainingRun, out: Path) -> None:
     """Train (from the checkpoint with ``--resume``, writing checkpoints on the way)
     with progress on stderr and in the log side-car, then save the model and remove
     the checkpoint; only the main process logs, warns and writes."""
     trainer, label = run.trainer, run.label
     settings, replica = trainer.settings, trainer.replica
-    fingerprint = run.fingerprint()
     checkpoint = checkpoint_path(out)
-    history: list[dict] = []
-    log: list[dict] = []
-    if args.resume and checkpoint.exists():
-        saved = read_checkpoint(checkpoint, fingerprint)
-        trainer.load_state_dict(saved["trainer"])
-        history, log = saved["history"], saved["log"]
-    checkpointer = _Checkpointer(trainer, checkpoint, fingerprint, args.checkpoint_every)
+    resumable = ResumableRun(run, checkpoint, args.checkpoint_every, resume=args.resume)
+    history, log = resumable.history, resumable.log
     if not replica.is_main:
         with open(os.devnull, "w") as quiet, warnings.catch_warnings():
             warnings.simplefilter("ignore", SasiWarning)
-            trainer.run(ProgressLog(settings.iterations, label, stream=quiet, previous=log),
-                        history, checkpointer.after_step)
+            resumable.train(ProgressLog(settings.iterations, label, stream=quiet, previous=log))
         return
     if args.resume:
         for _, path in training_outputs(out):
@@ -175,10 +140,10 @@ def _train_and_save(args: argparse.Namespace, run: TrainingRun, out: Path) -> No
           f"log: {log_path}; checkpoint {every}: {checkpoint}", file=sys.stderr)
     with atomic_output(log_path) as tmp_log, \
             ProgressLog(settings.iterations, label, tmp_log, previous=log) as progress:
-        checkpointer.progress = progress
-        history = trainer.run(progress, history, checkpointer.after_step)
+        history = resumable.train(progress, progress)
+        use_all_cpus(trainer.device)  # the score cut-offs segment the labelled tomograms
         run.model(history).save(out)
-    checkpoint.unlink(missing_ok=True)
+    resumable.finish()
 
 
 def run_train(args: argparse.Namespace) -> None:

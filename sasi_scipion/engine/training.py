@@ -39,7 +39,7 @@ from .errors import SasiWarning, input_name
 from .infill import volume_infill
 from .limits import finite_problem, iterations_problem, seed_problem
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
-from .models.deepfinder import share_batch_statistics
+from .models.layers import share_batch_statistics
 from .models.projection import ProjectionHead
 from .progress import StepReport
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views

@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoint import run_fingerprint
 from .contrast import contrast_skew, label_contrast
-from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW
+from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW, BackboneName
 from .distributed import ALONE, Replica
 from .errors import SasiInputError, input_name
 from .model_file import Model, ModelMetadata, build_network, read_model_file
@@ -29,7 +29,6 @@ from .models import BACKBONES, build_backbone
 from .mrc_io import TomogramInput
 from .normalize import NORMALISATION
 from .picking import label_decisions
-from .progress import StepReport
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
 from .training_data import LabelsInput, load_training_data, load_unlabelled
 
@@ -62,10 +61,6 @@ class TrainingRun:
         """The digest that ties a checkpoint to this run (``checkpoint.run_fingerprint``)."""
         return run_fingerprint({**self.description, "settings": vars(self.trainer.settings)},
                                self.arrays, self.trainer.model.state_dict())
-
-    def run(self, progress: StepReport) -> Model:
-        """Optimise every iteration, reporting each to ``progress``; the trained model."""
-        return self.model(self.trainer.run(progress))
 
     def model(self, history: list[dict]) -> Model:
         """The trained model (on the CPU, in evaluation mode) after the iterations of
@@ -150,7 +145,7 @@ def prepare_train(
     tomograms: Sequence[TomogramInput], labels: Sequence[LabelsInput],
     radii: Mapping[str, float], settings: TrainingSettings, device: torch.device, *,
     unlabelled: Sequence[TomogramInput] = (), pretrained: PretrainedInput | None = None,
-    arch: str = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    arch: BackboneName = DEFAULT_BACKBONE, batch_norm: bool | None = None,
     voxel_size: float | None = None, replica: Replica = ALONE,
 ) -> TrainingRun:
     """Check and load everything a few-shot training run needs (``api.train`` states
@@ -208,7 +203,7 @@ def prepare_train(
 
 def prepare_pretrain(
     tomograms: Sequence[TomogramInput], settings: TrainingSettings, device: torch.device, *,
-    arch: str = DEFAULT_BACKBONE, batch_norm: bool | None = None,
+    arch: BackboneName = DEFAULT_BACKBONE, batch_norm: bool | None = None,
     voxel_size: float | None = None, replica: Replica = ALONE,
 ) -> TrainingRun:
     """Check and load a SimCLR pre-training run (``api.pretrain`` states the

@@ -9,8 +9,8 @@ import pyworkflow.protocol.params as params
 from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import BOX_TO_RADIUS, LABELS_SUFFIX, OUTPUT_MODEL
-from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid, write_table
-from ..engine.coordinates import ParticleTable
+from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid
+from ..engine.coordinates import ParticleTable, write_particles
 from ..engine.defaults import (
     BACKBONE_NAMES,
     MAX_RESAMPLING_FACTOR,
@@ -184,7 +184,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                 merged = ParticleTable(
                     [row for t in tables for row in t.xyz],
                     [name for t in tables for name in t.classes])
-                write_table(self._labelsPath(ts_id), merged)
+                write_particles(self._labelsPath(ts_id), merged)
 
     def _labelsPath(self, ts_id: str) -> str:
         return self._getExtraPath(f"{ts_id}{LABELS_SUFFIX}")

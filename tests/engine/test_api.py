@@ -4,8 +4,11 @@ importing the package loads no torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +126,58 @@ def test_importing_the_engine_loads_torch_only_for_the_library_calls() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stdout.split() == ["False", "True"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_lets_an_interrupted_training_go_on_to_the_same_model(
+        small_tomogram: Path, tmp_path: Path, monkeypatch) -> None:
+    from sasi_scipion.engine import resumable
+
+    monkeypatch.setattr(resumable, "CHECKPOINT_INTERVAL_S", 0.0)  # one after every step
+    settings = TrainingSettings(iterations=3, batch_size=2, consistency_batch=2)
+    reference = train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu")
+
+    def stop_at_2(done: int, total: int) -> None:
+        if done == 2:
+            raise _Stop
+
+    checkpoint = tmp_path / "m.pt.ckpt"
+    with pytest.raises(_Stop):
+        train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu",
+              progress=stop_at_2, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 1
+    shutil.copy(checkpoint, tmp_path / "copy.ckpt")
+    steps: list[int] = []
+    resumed = train([small_tomogram], [LABELS], {"*": 3}, settings=settings, device="cpu",
+                    progress=lambda done, total: steps.append(done), checkpoint=checkpoint)
+    assert steps == [2, 3] and not checkpoint.exists()
+    assert all(torch.equal(v, _state(resumed)[k]) for k, v in _state(reference).items())
+    assert resumed.metadata.loss_history == reference.metadata.loss_history
+    assert resumed.metadata.score_cutoffs == reference.metadata.score_cutoffs
+    with pytest.raises(SasiInputError, match="checkpoint of another run"):
+        train([small_tomogram], [LABELS], {"*": 3}, device="cpu", checkpoint=tmp_path / "copy.ckpt",
+              settings=dataclasses.replace(settings, seed=1))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_picking_through_the_api_or_the_command_uses_every_cpu_of_the_process(
+        small_tomogram: Path, tmp_path: Path) -> None:
+    from sasi_scipion.engine.cli import main
+
+    model = train([small_tomogram], [LABELS], {"*": 3}, settings=TINY, device="cpu")
+    model.save(tmp_path / "m.pt")
+    cpus, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        pick(model, small_tomogram, device="cpu")
+        assert torch.get_num_threads() == cpus
+        torch.set_num_threads(1)
+        assert main(["pick", "--model", str(tmp_path / "m.pt"), "--tomogram",
+                     str(small_tomogram), "--out", str(tmp_path / "p.tsv"),
+                     "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == cpus
+    finally:
+        torch.set_num_threads(before)

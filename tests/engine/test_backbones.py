@@ -11,8 +11,9 @@ import torch
 
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.inference import plan_tiles, segment_tiled
-from sasi_scipion.engine.models import BACKBONES, build_backbone, deepfinder
-from sasi_scipion.engine.models.deepfinder import DeepFinderUNet, PlaneStackedInputConv3d
+from sasi_scipion.engine.models import BACKBONES, build_backbone, layers
+from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
+from sasi_scipion.engine.models.layers import PlaneStackedInputConv3d
 from sasi_scipion.engine.models.resunet import ResUNet
 
 CPU = torch.device("cpu")
@@ -153,7 +154,7 @@ def test_slabbed_full_resolution_layers_equal_the_layer_by_layer_pass(monkeypatc
     decoder stage and head, run in z-slabs (4 planes here, several slabs per
     tensor): the same skip tensors, embedding and logits as the whole tensors
     (training's path), for a whole volume and for regions inside and at its faces."""
-    monkeypatch.setattr(deepfinder, "SLAB_VOXELS", 4 * 20 * 24)
+    monkeypatch.setattr(layers, "SLAB_VOXELS", 4 * 20 * 24)
     net = _bf16_deepfinder()
     x = torch.randn(1, 1, 36, 20, 24).to(torch.bfloat16)
     regions = [((0, 36), (0, 20), (0, 24)), ((8, 28), (4, 16), (4, 20)), ((0, 12), (8, 20), (0, 8))]
@@ -177,10 +178,10 @@ def test_slabbed_full_resolution_layers_equal_the_layer_by_layer_pass(monkeypatc
 def test_only_reduced_precision_cpu_inference_runs_in_slabs() -> None:
     x = torch.zeros(1, 1, 8, 8, 8)
     with torch.inference_mode():
-        assert deepfinder._runs_in_slabs(x.to(torch.bfloat16))
-        assert deepfinder._runs_in_slabs(x.to(torch.float16))
-        assert not deepfinder._runs_in_slabs(x)
-    assert not deepfinder._runs_in_slabs(x.to(torch.bfloat16))  # gradients enabled: training
+        assert layers.runs_in_slabs(x.to(torch.bfloat16))
+        assert layers.runs_in_slabs(x.to(torch.float16))
+        assert not layers.runs_in_slabs(x)
+    assert not layers.runs_in_slabs(x.to(torch.bfloat16))  # gradients enabled: training
 
 
 def test_resunet_has_no_batch_or_spatial_statistics_normalisation() -> None:

@@ -16,12 +16,9 @@ from torch import nn
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.inference import segment_tiled
 from sasi_scipion.engine.model_file import ModelMetadata, load_model, save_model
-from sasi_scipion.engine.models import build_backbone, deepfinder
-from sasi_scipion.engine.models.deepfinder import (
-    DeepFinderUNet,
-    SharedBatchNorm3d,
-    share_batch_statistics,
-)
+from sasi_scipion.engine.models import build_backbone, layers
+from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
+from sasi_scipion.engine.models.layers import SharedBatchNorm3d, share_batch_statistics
 
 CPU = torch.device("cpu")
 
@@ -96,7 +93,7 @@ def test_tiled_picking_folds_exactly_in_fp32_and_closely_in_bf16(monkeypatch) ->
     tiled = segment_tiled(net, volume, CPU, max_tile_voxels=20 * 24 * 24, precision="fp32")
     assert np.abs(tiled.foreground.astype(np.float32) - foreground).max() < 1e-3
     assert np.abs(tiled.scores.astype(np.float32) - probs.max(0)).max() < 1e-3
-    monkeypatch.setattr(deepfinder, "SLAB_VOXELS", 4 * 40 * 44)
+    monkeypatch.setattr(layers, "SLAB_VOXELS", 4 * 40 * 44)
     reduced = segment_tiled(net, volume, CPU, precision="bf16")
     assert np.abs(reduced.foreground.astype(np.float32) - foreground).max() < 0.2 * foreground.std()
     assert net.batch_norm and any(isinstance(m, nn.BatchNorm3d) for m in net.modules())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..coordinates import ParticleTable, read_particles, write_particles
 from ..errors import SasiInputError
@@ -22,7 +23,9 @@ from .reference import Reference, tomogram_reference
 from .relion import read_star, write_star
 from .shrec import looks_like_locations, read_locations, write_locations
 
-FORMATS = ("tsv", "relion5", "relion", "dynamo", "shrec", "copick")
+CoordinateFormat = Literal["tsv", "relion5", "relion", "dynamo", "shrec", "copick"]
+FORMATS: tuple[str, ...] = get_args(CoordinateFormat)
+"""Coordinate format names (``sasi convert --format`` and ``sasi pick --format``)."""
 WRITE_EXTENSIONS = {".tsv": "tsv", ".star": "relion5", ".tbl": "dynamo", ".txt": "shrec",
                     ".json": "copick"}
 """The format a written file gets from its extension."""
@@ -35,12 +38,12 @@ NEEDS = {"relion5": ("shape", "voxel size"), "copick": ("voxel size",)}
 SNIFF_LINES = 5
 DEFAULT_CLASS = "particle"
 
-__all__ = ["DEFAULT_CLASS", "EXTENSIONS", "FORMATS", "Reference", "check_classes",
-           "check_reference", "detect_format", "output_format", "read_coordinates",
+__all__ = ["DEFAULT_CLASS", "EXTENSIONS", "FORMATS", "CoordinateFormat", "Reference",
+           "check_classes", "check_reference", "detect_format", "output_format", "read_coordinates",
            "tomogram_reference", "write_coordinates"]
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike) -> CoordinateFormat:
     """The format of an existing coordinate file, from its content: JSON is copick,
     STAR blocks are RELION (``relion5`` when the first block with coordinates holds
     centred Å, read per file by :func:`read_coordinates`), rows of 26 numbers or more
@@ -69,7 +72,7 @@ def detect_format(path: str | os.PathLike) -> str:
     return "tsv"
 
 
-def output_format(path: str | os.PathLike, fmt: str | None) -> str:
+def output_format(path: str | os.PathLike, fmt: CoordinateFormat | None) -> CoordinateFormat:
     """The format to write ``path`` in: ``fmt`` when given (its extension must match),
     else from the extension.
 
@@ -91,7 +94,8 @@ def output_format(path: str | os.PathLike, fmt: str | None) -> str:
     return fmt
 
 
-def check_reference(path: str | os.PathLike, fmt: str, reference: Reference) -> None:
+def check_reference(path: str | os.PathLike, fmt: CoordinateFormat,
+                    reference: Reference) -> None:
     """Refuse, before any work, to write ``fmt`` to ``path`` when the reference lacks
     what the format needs (:data:`NEEDS`)."""
     needs = NEEDS.get(fmt, ())
@@ -102,7 +106,8 @@ def check_reference(path: str | os.PathLike, fmt: str, reference: Reference) -> 
         reference.need_shape(path, what)
 
 
-def check_classes(path: str | os.PathLike, fmt: str, class_names: list[str]) -> None:
+def check_classes(path: str | os.PathLike, fmt: CoordinateFormat,
+                  class_names: list[str]) -> None:
     """Refuse, before any work, classes that ``fmt`` cannot hold in one file (copick:
     one object per file)."""
     if fmt == "copick":
@@ -110,7 +115,7 @@ def check_classes(path: str | os.PathLike, fmt: str, class_names: list[str]) -> 
 
 
 def read_coordinates(path: str | os.PathLike, reference: Reference | None = None,
-                     fmt: str | None = None, default_class: str = DEFAULT_CLASS,
+                     fmt: CoordinateFormat | None = None, default_class: str = DEFAULT_CLASS,
                      allow_empty: bool = False) -> ParticleTable:
     """Read a coordinate file of any format (``fmt``, else :func:`detect_format`) into
     0-based voxels ``(x, y, z)`` of the ``reference`` tomogram; ``default_class`` names
@@ -139,7 +144,7 @@ def read_coordinates(path: str | os.PathLike, reference: Reference | None = None
     return table
 
 
-def write_coordinates(path: str | os.PathLike, table: ParticleTable, fmt: str,
+def write_coordinates(path: str | os.PathLike, table: ParticleTable, fmt: CoordinateFormat,
                       reference: Reference | None = None) -> None:
     """Write ``table`` (0-based voxels ``(x, y, z)``) in ``fmt``, atomically.
 

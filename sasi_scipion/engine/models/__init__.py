@@ -1,6 +1,7 @@
 """Backbone registry: every backbone maps ``(B, 1, z, y, x)`` to class logits
 ``(B, K+1, z, y, x)`` and exposes ``encode`` (embedding for SimCLR),
-``size_multiple`` and ``receptive_margin`` (see ``DeepFinderUNet``)."""
+``size_multiple``, ``receptive_margin`` and the other members that ``Backbone``
+(``backbone.py``) describes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..defaults import BACKBONE_NAMES
 from ..errors import SasiInputError
+from .backbone import Backbone, RegionDecoder
 from .deepfinder import DeepFinderUNet
 from .resunet import ResUNet
 from .vit import ViT3D
@@ -17,6 +19,9 @@ from .vit import ViT3D
 BACKBONES: dict[str, Callable[..., nn.Module]] = dict(
     zip(BACKBONE_NAMES, (DeepFinderUNet, ResUNet, ViT3D)))
 """Backbone classes by name (``defaults.BACKBONE_NAMES``, in that order)."""
+
+__all__ = ["BACKBONES", "Backbone", "DeepFinderUNet", "RegionDecoder", "ResUNet", "ViT3D",
+           "build_backbone"]
 
 
 def build_backbone(arch: str, num_outputs: int, **arch_params: int) -> nn.Module:
