@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from sasi_scipion.engine.calibration import ClassCalibration
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.coordinates import read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
@@ -22,7 +23,8 @@ from sasi_scipion.engine.metrics import evaluate_occupancy
 from sasi_scipion.engine.model_file import load_model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
-from sasi_scipion.engine.postprocess import extract_particles
+from sasi_scipion.engine.picking import model_cutoffs
+from sasi_scipion.engine.postprocess import DEFAULT_COMPONENTS, extract_particles
 
 CPU = torch.device("cpu")
 
@@ -59,7 +61,10 @@ def test_backbone_trains_saves_reloads_and_picks(data: Path, arch: str, iteratio
     model, meta = load_model(model_path, CPU)
     assert meta.arch == arch and type(model).__name__ != "DeepFinderUNet"
     volume = normalise(read_volume(data / "tomo_001.mrc").data)
-    again = extract_particles(segment_tiled(model, volume, CPU, precision="fp32"),
-                              meta.classes, meta.radii)
+    calibration = ClassCalibration.from_dict(meta.class_calibration)
+    again = extract_particles(segment_tiled(model, volume, CPU, precision="fp32",
+                                            calibration=calibration),
+                              meta.classes, meta.radii,
+                              min_score=model_cutoffs(meta, DEFAULT_COMPONENTS))
     assert len(again) == len(picks)
     assert np.allclose(again.xyz, picks.xyz, atol=1e-3)
