@@ -38,8 +38,7 @@ from sasi_scipion.engine.postprocess import (
     Segmentation,
     _argmax_particles,
     _Components,
-    _merge_fragments,
-    _particles_of_groups,
+    class_particles,
 )
 
 Particle = tuple[int, np.ndarray, float]
@@ -75,20 +74,10 @@ def synthetic_segmentation(shape: tuple[int, int, int], classes: int, blobs: int
 def per_class_particles(segmentation: Segmentation, radii: list[float],
                         min_size_fraction: float) -> list[Particle]:
     """``_argmax_particles`` as it was before the switch: one binary pass per class."""
-    found: list[Particle] = []
-    for index, radius in enumerate(radii):
-        components = _Components.of(segmentation.labels == index + 1)
-        if components.count == 0:
-            continue
-        flat = np.ravel_multi_index(components.coords.astype(np.intp).T,
-                                    segmentation.labels.shape)
-        weights = segmentation.scores.ravel()[flat].astype(np.float64)
-        groups = _merge_fragments(components.centroids, components.sizes.astype(float),
-                                  np.full(components.count, float(radius)))[components.ids - 1]
-        radius_of = dict.fromkeys((int(g) for g in np.unique(groups)), float(radius))
-        found += [(index, centre, score) for _, centre, score in _particles_of_groups(
-            components.coords, weights, groups, radius_of, min_size_fraction)]
-    return found
+    return [particle for index, radius in enumerate(radii)
+            for particle in class_particles(segmentation, index, radius,
+                                            _Components.of(segmentation.labels == index + 1),
+                                            min_size_fraction)]
 
 
 def per_class_components(segmentation: Segmentation, classes: int) -> list[_Components]:

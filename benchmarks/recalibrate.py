@@ -39,22 +39,11 @@ from accuracy import (
 from sasi_scipion.engine.calibration import CALIBRATION_L2
 from sasi_scipion.engine.coordinates import read_particles
 from sasi_scipion.engine.device import use_all_cpus
-from sasi_scipion.engine.inference import segment_tiled
 from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.model_file import Model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
-from sasi_scipion.engine.picking import label_decisions, pick_tomogram
-from sasi_scipion.engine.postprocess import DEFAULT_COMPONENTS, extract_particles
-from sasi_scipion.engine.thresholds import score_cutoffs
-
-
-def label_cutoffs(network, volumes, labels, class_names, radii, device) -> dict:
-    """The cut-offs training chose before the class calibration: picks of the
-    training volumes with the network's own classes."""
-    picks = [extract_particles(segment_tiled(network, volume, device), class_names, radii,
-                               components=DEFAULT_COMPONENTS) for volume in volumes]
-    return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}
+from sasi_scipion.engine.picking import label_cutoffs, label_decisions, pick_tomogram
 
 
 def main() -> None:
@@ -90,7 +79,7 @@ def main() -> None:
             began = time.perf_counter()
             if l2 is None:  # this code's class votes, no calibration
                 fitted, cutoffs = None, label_cutoffs(model.network, [training], [labels],
-                                                      meta.classes, meta.radii, cpu)
+                                                      meta.classes, meta.radii, cpu, None)
             else:
                 fitted, cutoffs = label_decisions(model.network, [training], [labels],
                                                   meta.classes, meta.radii, cpu, negatives,

@@ -206,7 +206,18 @@ def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
         classes.append(indices)
     calibration = fit_calibration(np.concatenate(features), np.concatenate(classes),
                                   len(class_names), calibration_l2)
+    return calibration, label_cutoffs(model, volumes, labels, class_names, radii, device,
+                                      calibration)
+
+
+def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],
+                  labels: Sequence[ParticleTable], class_names: Sequence[str],
+                  radii: Sequence[float], device: torch.device,
+                  calibration: ClassCalibration | None) -> dict[str, list[float]]:
+    """The score cut-offs (``thresholds.score_cutoffs``) for the default component mode,
+    from picks with ``calibration`` (``None``: the network's classes) of the normalised
+    training volumes and their labels (the arguments of :func:`label_decisions`)."""
     picks = [extract_particles(segment_tiled(model, volume, device, calibration=calibration),
                                class_names, radii, components=DEFAULT_COMPONENTS)
              for volume in volumes]
-    return calibration, {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}
+    return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}

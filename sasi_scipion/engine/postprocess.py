@@ -219,20 +219,27 @@ def _particles_of_groups(points: np.ndarray, weights: np.ndarray, groups: np.nda
 def _argmax_particles(segmentation: Segmentation, radii: Sequence[float],
                       min_size_fraction: float) -> list[tuple[int, np.ndarray, float]]:
     """``(class index, centre (z, y, x), score)`` per particle, components per class."""
-    found = []
     per_class = _Components.per_label(segmentation.labels, len(radii))
-    for index, (radius, components) in enumerate(zip(radii, per_class)):
-        if components.count == 0:
-            continue
-        flat = np.ravel_multi_index(components.coords.astype(np.intp).T,
-                                    segmentation.labels.shape)
-        weights = segmentation.scores.ravel()[flat].astype(np.float64)
-        groups = _merge_fragments(components.centroids, components.sizes.astype(float),
-                                  np.full(components.count, float(radius)))[components.ids - 1]
-        radius_of = dict.fromkeys((int(g) for g in np.unique(groups)), float(radius))
-        found += [(index, centre, score) for _, centre, score in _particles_of_groups(
-            components.coords, weights, groups, radius_of, min_size_fraction)]
-    return found
+    return [particle for index, (radius, components) in enumerate(zip(radii, per_class))
+            for particle in class_particles(segmentation, index, radius, components,
+                                            min_size_fraction)]
+
+
+def class_particles(segmentation: Segmentation, index: int, radius: float,
+                    components: _Components, min_size_fraction: float
+                    ) -> list[tuple[int, np.ndarray, float]]:
+    """``(class index, centre (z, y, x), score)`` per particle of class ``index`` (radius
+    in voxels) from its argmax components: fragments merged, large blobs split."""
+    if components.count == 0:
+        return []
+    flat = np.ravel_multi_index(components.coords.astype(np.intp).T,
+                                segmentation.labels.shape)
+    weights = segmentation.scores.ravel()[flat].astype(np.float64)
+    groups = _merge_fragments(components.centroids, components.sizes.astype(float),
+                              np.full(components.count, float(radius)))[components.ids - 1]
+    radius_of = dict.fromkeys((int(g) for g in np.unique(groups)), float(radius))
+    return [(index, centre, score) for _, centre, score in _particles_of_groups(
+        components.coords, weights, groups, radius_of, min_size_fraction)]
 
 
 def _foreground_particles(segmentation: Segmentation, radii: Sequence[float],
