@@ -12,9 +12,9 @@ GFLOP/s (a multiply-add is two FLOPs), MB (2^20 bytes); volumes are ``(z, y, x)`
 - ``train``: iterations/s of the default recipe (``train_speed.step_rates``) in fp32, with
   bf16 autocast (``sasi train --precision bf16``) and with fp16 autocast (no gradient
   scaler: a speed figure only, the engine does not train in fp16); peak GPU memory.
-- ``time_to_f1``: ``sasi train`` then ``sasi pick`` on the demo data
-  (``train_speed.time_to_f1``) for increasing budgets until the demo's F1 target; a budget
-  predicted to overrun the stage's time is not started.
+- ``time_to_f1``: the library's ``train`` then ``pick`` on the demo data, as ``sasi train``
+  and ``sasi pick`` run them (``train_speed.time_to_f1``), for increasing budgets until
+  the demo's F1 target; a budget predicted to overrun the stage's time is not started.
 - ``pick``: every ``pick_speed`` mode (tiled default, tiled fp32, the paper's sliding
   window, MONAI's ``sliding_window_inference``) with the same net and weights, after one
   untimed run each at the first size; voxels/s, ``torch.cuda.max_memory_allocated`` (MB)
@@ -56,18 +56,17 @@ from pick_speed import (
 )
 from train_speed import (
     BUDGETS,
-    DEMO_SHAPE_OPTION,
     TARGET_F1,
     default_trainer,
+    demo_radii,
     prepare,
-    radius_options,
     step_rates,
     time_to_f1,
 )
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles
 from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS
-from sasi_scipion.engine.demo import DEMO_ITERATIONS
+from sasi_scipion.engine.demo import DEMO_ITERATIONS, DEMO_SHAPE
 from sasi_scipion.engine.device import resolve_device
 from sasi_scipion.engine.inference import (
     LOW_PRECISION_DTYPES,
@@ -99,13 +98,14 @@ class Profile:
     floor_edges: tuple[int, ...]
     floor_runs: tuple[int, int]
     """Untimed and timed runs per conv3d measurement."""
-    demo_shape: str
+    demo_shape: tuple[int, int, int]
+    """The demo data's tomogram shape, ``(z, y, x)`` voxels."""
     train_runs: tuple[int, int]
     """Untimed and timed steps per kind of training step."""
     train_settings: tuple[tuple[str, int], ...]
-    """``TrainingSettings`` fields that differ from the default recipe."""
-    train_options: tuple[str, ...]
-    """The same for ``sasi train``."""
+    """``TrainingSettings`` fields that differ from the default recipe in the timed steps."""
+    run_settings: tuple[tuple[str, object], ...]
+    """``TrainingSettings`` fields that differ from it in the time-to-F1 runs."""
     budgets: tuple[int, ...]
     model_budget: int
     """Iterations of the model ``correct`` trains when ``time_to_f1`` left none."""
@@ -114,15 +114,15 @@ class Profile:
     """Tile budgets tried besides the default, as multiples of it."""
 
 
-FULL = Profile(floor_edges=(EDGE, LAYER_EDGE), floor_runs=(3, 10), demo_shape=DEMO_SHAPE_OPTION,
-               train_runs=(3, 20), train_settings=(), train_options=(),
+FULL = Profile(floor_edges=(EDGE, LAYER_EDGE), floor_runs=(3, 10), demo_shape=DEMO_SHAPE,
+               train_runs=(3, 20), train_settings=(), run_settings=(),
                budgets=(*BUDGETS, 1000, 2000), model_budget=DEMO_ITERATIONS,
                pick_sizes=((64, 128, 128), (200, 512, 512), (300, 1024, 1024)),
                tile_factors=(2, 4))
-TINY = Profile(floor_edges=(16,), floor_runs=(1, 2), demo_shape="32,96,96",
+TINY = Profile(floor_edges=(16,), floor_runs=(1, 2), demo_shape=(32, 96, 96),
                train_runs=(0, 1),
                train_settings=(("batch_size", TINY_BATCH), ("consistency_batch", TINY_BATCH)),
-               train_options=("--batch-size", str(TINY_BATCH), "--no-consistency"),
+               run_settings=(("batch_size", TINY_BATCH), ("consistency", False)),
                budgets=(TINY_ITERATIONS,),
                model_budget=TINY_ITERATIONS, pick_sizes=((16, 32, 32), (24, 48, 48)),
                tile_factors=(2,))
@@ -209,9 +209,9 @@ def peak_memory(device: torch.device) -> dict:
             "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20)}
 
 
-def demo_data(work: Path, shape: str) -> list[str]:
-    """The demo data in ``work`` (simulated on first use); its ``--radius`` options."""
-    return radius_options(work) if (work / "labels.tsv").exists() else prepare(work, shape)
+def demo_data(work: Path, shape_zyx: tuple[int, int, int]) -> dict[str, float]:
+    """The demo data in ``work`` (simulated on first use); its radii (voxels per class)."""
+    return demo_radii(work) if (work / "labels.tsv").exists() else prepare(work, shape_zyx)
 
 
 def measure_floor(device: torch.device, profile: Profile, precisions: list[str],
@@ -279,7 +279,8 @@ def stage_time_to_f1(report: Report, device: torch.device, profile: Profile, wor
                          "skipped": f"predicted to take longer than the {left:.0f} s left"})
             report.set("rows", rows)
             break
-        rows += time_to_f1(work, radii, [budget], TARGET_F1, str(device), profile.train_options)
+        rows += time_to_f1(work, radii, [budget], TARGET_F1, str(device),
+                           dict(profile.run_settings))
         report.set("rows", rows)
         if rows[-1]["f1"] >= TARGET_F1:
             break
@@ -351,7 +352,7 @@ def stage_correct(report: Report, device: torch.device, profile: Profile, work: 
     models = sorted(work.glob("model_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     if not models:
         time_to_f1(work, radii, [profile.model_budget], TARGET_F1, str(device),
-                   profile.train_options)
+                   dict(profile.run_settings))
         models = [work / f"model_{profile.model_budget}.pt"]
     model, meta = load_model(models[-1], device)
     data = work / "data"

@@ -6,10 +6,13 @@
 after every convolution and the convolutions' biases kept); ``lsuv`` zeroes each
 convolution's bias and scales its weights until its output has unit standard
 deviation on 32 training windows, in layer order, before the first step; ``default``
-is the paper's net (no normalisation). Everything else is ``SaSiTrainer`` with the
-engine's settings (``--ssl none``: no SimCLR, infill or consistency, the "plain" row),
-the same labels (``demo.few_labels``) and seed, and the
-accuracy harness's scores on its test tomograms (``accuracy._score``).
+is the paper's net (no normalisation). Everything else is the training run
+``sasi train`` sets up (``training_run.prepare_train``) with the engine's settings
+(``--ssl none``: no SimCLR, infill or consistency, the "plain" row), the same labels
+(``demo.few_labels``) and seed, picked as ``sasi pick`` picks (the library's ``pick``:
+class calibration and score cut-offs from the labels; the recorded ablation of
+2026-12-01 predates them and picked without cut-offs), and the accuracy harness's
+scores on its test tomograms (``accuracy._score``).
 
 Usage: python benchmarks/norm_ablation.py --work WORK [--variants default bn lsuv]
        [--labels 10] [--seed 0] [--ssl none] [--iterations 150] --out results.jsonl
@@ -29,17 +32,12 @@ import torch
 from accuracy import TRAINING_TOMOGRAM, _score
 from torch import nn
 
+from sasi_scipion.engine.api import pick
 from sasi_scipion.engine.coordinates import read_particles, write_particles
 from sasi_scipion.engine.demo import few_labels
-from sasi_scipion.engine.device import use_all_cpus
-from sasi_scipion.engine.inference import segment_tiled
-from sasi_scipion.engine.models import build_backbone
-from sasi_scipion.engine.mrc_io import read_volume
-from sasi_scipion.engine.normalize import normalise
-from sasi_scipion.engine.postprocess import extract_particles
 from sasi_scipion.engine.progress import ProgressLog
-from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
-from sasi_scipion.engine.training_data import load_training_data, parse_radii
+from sasi_scipion.engine.training import TrainingSettings
+from sasi_scipion.engine.training_run import prepare_train
 
 
 def _lsuv(model: nn.Module, windows: torch.Tensor, passes: int = 3) -> None:
@@ -64,29 +62,21 @@ def run(work: Path, variant: str, labels_per_class: int, seed: int, ssl: str,
                                                  if c not in dataset["unscored"]]))
     labels = work / f"ablation_labels_{labels_per_class}_{seed}.tsv"
     write_particles(labels, few_labels(truth, labels_per_class, seed))
-    radii = [f"{c}={r}" for c, r in dataset["radii"].items() if c not in dataset["unscored"]]
-    data = load_training_data([str(data_dir / f"{TRAINING_TOMOGRAM}.mrc")], [str(labels)],
-                              parse_radii(radii), 24)
-    torch.manual_seed(seed)
-    model = build_backbone("deepfinder", len(data.class_names) + 1, batch_norm=variant == "bn")
+    radii = {c: float(r) for c, r in dataset["radii"].items() if c not in dataset["unscored"]}
     settings = TrainingSettings(iterations=iterations, seed=seed, ssl=ssl,
                                 infill=ssl != "none", consistency=ssl != "none")
-    trainer = SaSiTrainer(model, data, data.volumes, settings, torch.device("cpu"))
+    run = prepare_train([data_dir / f"{TRAINING_TOMOGRAM}.mrc"], [labels], radii, settings,
+                        torch.device("cpu"), batch_norm=variant == "bn")
+    trainer = run.trainer
     if variant == "lsuv":
-        _lsuv(model, trainer.supervised.sample(32, np.random.default_rng(123))[0])
+        _lsuv(trainer.model, trainer.supervised.sample(32, np.random.default_rng(123))[0])
         trainer.optimizer = torch.optim.Adam(trainer._parameters(), lr=settings.learning_rate)
     began = time.perf_counter()
     history = trainer.run(ProgressLog(iterations, f"ablation {variant}", print_every_s=60))
     train_s = time.perf_counter() - began
-    model.eval()
+    model = run.model(history)
     tests = dataset["tomograms"][1:]
-    picks = {}
-    use_all_cpus(torch.device("cpu"))  # as sasi pick does
-    with torch.no_grad():
-        for name in tests:
-            volume = normalise(read_volume(data_dir / f"{name}.mrc").data)
-            segmentation = segment_tiled(model, volume, torch.device("cpu"), precision="fp32")
-            picks[name] = extract_particles(segmentation, data.class_names, data.radii)
+    picks = {name: pick(model, data_dir / f"{name}.mrc", device="cpu") for name in tests}
     return {"variant": variant, "labels": labels_per_class, "seed": seed, "ssl": ssl,
             "iterations": iterations, "train_s": round(train_s),
             "final_loss": round(float(np.mean([h["loss"] for h in history[-10:]])), 3),

@@ -11,10 +11,11 @@ tomograms, 5 labels per class of tomo_000, seed 0.
    - ``supervised+consistency``: up to half of a run;
    - ``supervised``: the second half.
    ``default_run_it_per_s`` weights them as a default run does (10 / 40 / 50 %).
-2. Time to F1: full ``sasi train`` runs (default schedule for that budget, as
-   ``sasi demo --iterations N``) for each budget in ``--budgets``, each picked
-   on tomo_001 with ``sasi pick`` and scored as the demo scores it (pooled F1,
-   occupancy rule); the first budget whose F1 reaches ``--target`` ends it.
+2. Time to F1: full training runs (the library's ``train``, as ``sasi train`` and
+   ``sasi demo --iterations N`` run it: default schedule for that budget) for each
+   budget in ``--budgets``, each picked on tomo_001 (``pick``) and scored as the
+   demo scores it (pooled F1, occupancy rule); the first budget whose F1 reaches
+   ``--target`` ends it.
 
 Usage: python benchmarks/train_speed.py [--budgets 100 200 300 600] [--out FILE.json]
 """
@@ -27,67 +28,52 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from conv_floor import cpu_model
 from report import write_report
 
-from sasi_scipion.engine.cli import main as sasi
+from sasi_scipion.engine.api import evaluate, pick, train
 from sasi_scipion.engine.coordinates import read_particles, write_particles
-from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS, WINDOW
 from sasi_scipion.engine.demo import DEMO_LABELS_PER_CLASS, DEMO_SHAPE, few_labels
-from sasi_scipion.engine.metrics import evaluate_occupancy
-from sasi_scipion.engine.models import build_backbone
-from sasi_scipion.engine.mrc_io import read_volume
+from sasi_scipion.engine.simulate import simulate_dataset
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
-from sasi_scipion.engine.training_data import load_training_data, parse_radii
-from sasi_scipion.engine.training_run import network_params
+from sasi_scipion.engine.training_run import prepare_train
 
 SEED = 0
-DEMO_SHAPE_OPTION = ",".join(map(str, DEMO_SHAPE))
-"""The demo's tomogram shape as ``sasi simulate --shape`` takes it (``z,y,x``)."""
 TARGET_F1 = 0.9
 """The demo's F1 target: pooled F1 on tomo_001, occupancy rule."""
 BUDGETS = (100, 200, 300, 600)
 """Training budgets (iterations) tried in turn for the time to ``TARGET_F1`` on a CPU."""
 
 
-def _run(*argv: str) -> None:
-    if sasi(list(argv)) != 0:
-        raise SystemExit(f"'sasi {' '.join(argv)}' failed (see above)")
-
-
-def prepare(work: Path, shape: str = DEMO_SHAPE_OPTION) -> list[str]:
-    """Simulate the demo data (two ``shape`` tomograms, ``z,y,x`` voxels) in ``work``, write
-    its labels; return the radius options."""
-    data = work / "data"
-    _run("simulate", str(data), "--tomograms", "2", "--shape", shape, "--seed", str(SEED))
-    labels = few_labels(read_particles(data / "tomo_000.tsv"), DEMO_LABELS_PER_CLASS, SEED)
+def prepare(work: Path, shape_zyx: tuple[int, int, int] = DEMO_SHAPE) -> dict[str, float]:
+    """Simulate the demo data (two tomograms of ``shape_zyx`` voxels) in ``work``, write
+    its labels; return the radii (voxels per class)."""
+    simulate_dataset(work / "data", tomograms=2, shape_zyx=shape_zyx, seed=SEED)
+    labels = few_labels(read_particles(work / "data" / "tomo_000.tsv"),
+                        DEMO_LABELS_PER_CLASS, SEED)
     write_particles(work / "labels.tsv", labels)
-    return radius_options(work)
+    return demo_radii(work)
 
 
-def radius_options(work: Path) -> list[str]:
-    """``--radius CLASS=R`` values (voxels) of the data ``prepare`` simulated in ``work``."""
+def demo_radii(work: Path) -> dict[str, float]:
+    """The radii (voxels per class) of the data ``prepare`` simulated in ``work``."""
     radii = json.loads((work / "data" / "dataset.json").read_text())["radii"]
-    return [f"{name}={radius}" for name, radius in radii.items()]
+    return {name: float(radius) for name, radius in radii.items()}
 
 
-def default_trainer(work: Path, radii: list[str], device: torch.device,
+def default_trainer(work: Path, radii: dict[str, float], device: torch.device,
                     trainer_class: type[SaSiTrainer] = SaSiTrainer,
                     **settings: object) -> SaSiTrainer:
-    """A trainer of the ``sasi train`` default run on ``device`` (its default budget) for
-    the labelled tomogram of ``prepare``; ``settings`` override ``TrainingSettings`` fields."""
-    data = load_training_data([str(work / "data" / "tomo_000.mrc")],
-                              [str(work / "labels.tsv")], parse_radii(radii), WINDOW)
-    options = TrainingSettings(iterations=DEFAULT_ITERATIONS[device.type], window=WINDOW,
-                               seed=SEED, **settings)  # type: ignore[arg-type]
-    torch.manual_seed(SEED)
-    model = build_backbone("deepfinder", len(data.class_names) + 1,
-                           **network_params("deepfinder", None))  # what sasi train builds
-    return trainer_class(model, data, data.volumes, options, device)
+    """The trainer of the ``sasi train`` default run on ``device`` (its default budget) for
+    the labelled tomogram of ``prepare``, set up as ``sasi train`` sets it up
+    (``training_run.prepare_train``); ``settings`` override ``TrainingSettings`` fields."""
+    options = TrainingSettings(seed=SEED, **settings)  # type: ignore[arg-type]
+    return prepare_train([work / "data" / "tomo_000.mrc"], [work / "labels.tsv"], radii,
+                         options, device, trainer_class=trainer_class).trainer
 
 
 def _synchronise(device: torch.device) -> None:
@@ -121,31 +107,29 @@ def step_rates(trainer: SaSiTrainer, iterations: int, warmup: int) -> dict:
             "predicted_default_run_s": round(total * seconds_per_it)}
 
 
-def time_to_f1(work: Path, radii: list[str], budgets: list[int], target: float,
-               device: str = "cpu", train_options: tuple[str, ...] = ()) -> list[dict]:
-    """Train (``sasi train`` with ``train_options``), pick and score the demo on ``device``
+def time_to_f1(work: Path, radii: dict[str, float], budgets: list[int], target: float,
+               device: str = "cpu", settings: Mapping[str, object] | None = None) -> list[dict]:
+    """Train (``api.train``: ``sasi train``'s defaults, ``settings`` overriding
+    ``TrainingSettings`` fields), pick (``api.pick``) and score the demo on ``device``
     for each budget until pooled F1 reaches ``target``; seconds per row. The models stay
     in ``work`` as ``model_<budget>.pt``."""
     data = work / "data"
-    occupancy = read_volume(data / "tomo_001_occupancy.mrc",
-                            check_values=False).data.astype(np.int64)
-    truth = read_particles(data / "tomo_001.tsv")
     rows = []
     for budget in budgets:
-        model = work / f"model_{budget}.pt"
+        model_path = work / f"model_{budget}.pt"
         start = time.perf_counter()
-        _run("train", "--tomogram", str(data / "tomo_000.mrc"),
-             "--coords", str(work / "labels.tsv"), *[a for r in radii for a in ("--radius", r)],
-             "--out", str(model), "--iterations", str(budget), "--seed", str(SEED),
-             "--device", device, *train_options)
+        model = train([data / "tomo_000.mrc"], [work / "labels.tsv"], radii,
+                      settings=TrainingSettings(iterations=budget, seed=SEED,
+                                                **(settings or {})),  # type: ignore[arg-type]
+                      device=device)
+        model.save(model_path)
         train_s = time.perf_counter() - start
-        picks = work / f"picks_{budget}.tsv"
         start = time.perf_counter()
-        _run("pick", "--model", str(model), "--tomogram", str(data / "tomo_001.mrc"),
-             "--out", str(picks), "--device", device)
+        picks = pick(model_path, data / "tomo_001.mrc", device=device)
         pick_s = time.perf_counter() - start
-        pooled = evaluate_occupancy(read_particles(picks, allow_empty=True), truth,
-                                    occupancy).pooled
+        write_particles(work / f"picks_{budget}.tsv", picks)
+        pooled = evaluate(picks, data / "tomo_001.tsv",
+                          occupancy=data / "tomo_001_occupancy.mrc").pooled
         rows.append({"iterations": budget, "train_s": round(train_s, 1),
                      "train_it_per_s": round(budget / train_s, 3), "pick_s": round(pick_s, 1),
                      "f1": round(pooled.f1, 3), "precision": round(pooled.precision, 3),
@@ -171,7 +155,7 @@ def main() -> None:
         steps = step_rates(trainer, args.iterations, args.warmup)
         f1_rows = time_to_f1(work, radii, args.budgets, args.target)
     reached = next((r for r in f1_rows if r["f1"] >= args.target), None)
-    write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=DEMO_SHAPE_OPTION,
+    write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=list(DEMO_SHAPE),
                  labels_per_class=DEMO_LABELS_PER_CLASS, seed=SEED, step_rates=steps,
                  target_f1=args.target,
                  time_to_target_s=reached["train_s"] if reached else None,

@@ -3,7 +3,11 @@ tomograms (10 Å) resampled to each ``--voxel-sizes`` value and written with tha
 header, picked with a model the harness trained at 10 Å (``sasi pick``, which
 resamples them back on the fly), the picks mapped to the 10 Å grid and scored
 like the harness (SHREC occupancy rule), beside the native tomograms' picks by
-the same model in the same run.
+the same model in the same run. For each voxel size coarser than the data's, a
+control row: the native tomogram band-limited to that voxel size's Nyquist
+frequency (resampled there and back, written at the native header, so that pick
+does not resample it): what the detail lost costs on its own, without picking on
+another grid.
 
 Usage: python benchmarks/voxel_size.py --work WORK --model sasi_10_0.pt
        [--voxel-sizes 7.5 13.5] --out results.json
@@ -51,21 +55,33 @@ def main() -> None:
     folder = args.work / "voxel_size"
     folder.mkdir(exist_ok=True)
     results = []
-    for voxel_size in [None, *args.voxel_sizes]:
+    native_size = dataset["voxel_size"]
+    runs = [(None, False), *[(v, False) for v in args.voxel_sizes],
+            *[(v, True) for v in args.voxel_sizes if v > native_size]]
+    for voxel_size, control in runs:
         picks, seconds = {}, 0.0
         for name in tests:
             source = read_volume(data / f"{name}.mrc")
             tomogram, shape = data / f"{name}.mrc", source.data.shape
             if voxel_size is not None:
                 shape = resampled_shape(source.data.shape, source.voxel_size, voxel_size)
-                tomogram = folder / f"{name}_{voxel_size}A.mrc"
-                write_volume(tomogram, resample(source.data, shape), voxel_size)
-            out = folder / f"{Path(args.model).stem}_{voxel_size or 'native'}_{name}.tsv"
+                tomogram = folder / f"{name}_{voxel_size}A{'_band' if control else ''}.mrc"
+                coarse = resample(source.data, shape)
+                if control:  # the detail of voxel_size only, on the native grid
+                    write_volume(tomogram, resample(coarse, source.data.shape),
+                                 source.voxel_size)
+                else:
+                    write_volume(tomogram, coarse, voxel_size)
+            label = f"{voxel_size}_band" if control else voxel_size or "native"
+            out = folder / f"{Path(args.model).stem}_{label}_{name}.tsv"
             seconds += _pick(model, tomogram, out)
             table = read_particles(out, allow_empty=True)
-            table.xyz = to_source_voxels(table.xyz, source.data.shape, shape)
+            if not control:
+                table.xyz = to_source_voxels(table.xyz, source.data.shape, shape)
             picks[name] = table
-        results.append({"voxel_size": voxel_size or dataset["voxel_size"],
+        results.append({"voxel_size": native_size if control or voxel_size is None
+                        else voxel_size,
+                        "band_limited_to": voxel_size if control else None,
                         "native": voxel_size is None, "pick_s": round(seconds, 1),
                         **_score(picks, data, tests, dataset["unscored"])})
         print(results[-1], file=sys.stderr)

@@ -147,9 +147,12 @@ def prepare_train(
     unlabelled: Sequence[TomogramInput] = (), pretrained: PretrainedInput | None = None,
     arch: BackboneName = DEFAULT_BACKBONE, batch_norm: bool | None = None,
     voxel_size: float | None = None, replica: Replica = ALONE,
+    trainer_class: type[SaSiTrainer] = SaSiTrainer,
 ) -> TrainingRun:
     """Check and load everything a few-shot training run needs (``api.train`` states
     the arguments); with ``pretrained``, its backbone and weights replace ``arch``.
+    ``trainer_class`` optimises the network (a subclass of ``SaSiTrainer`` lets a
+    benchmark change one thing, e.g. the autocast precision).
 
     Raises:
         SasiInputError: naming the input and the fix.
@@ -172,7 +175,7 @@ def prepare_train(
     model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
     if state is not None:
         LOG.info("train: started from %s (%d tensors)", pre_name, _load_matching(model, state))
-    trainer = SaSiTrainer(model, data, data.volumes + extra, settings, device, replica)
+    trainer = trainer_class(model, data, data.volumes + extra, settings, device, replica)
     contrast = label_contrast(data.volumes, data.label_maps)
     skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
 
