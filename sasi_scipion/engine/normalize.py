@@ -25,7 +25,14 @@ def normalisation_stats(data: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(core.mean()), scale
 
 
-def normalise(data: np.ndarray) -> np.ndarray:
-    """``float32`` copy of ``data`` (any axis order) with robust zero mean and unit scale."""
+def normalise(data: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``data`` (any axis order) with robust zero mean and unit scale, ``float32``: a
+    new array (one copy of ``data``, no larger temporaries), or with ``in_place``,
+    ``data`` itself when it is a ``float32`` array (the caller's own, e.g. a resampled
+    tomogram)."""
     centre, scale = normalisation_stats(data)
-    return ((data - centre) / scale).astype(np.float32)
+    if in_place and data.dtype == np.float32:
+        out = np.subtract(data, np.float32(centre), out=data)
+    else:
+        out = np.subtract(data, centre, dtype=np.float32)
+    return np.divide(out, np.float32(scale), out=out)

@@ -114,9 +114,9 @@ def segment_tomogram(
                  "are given in the tomogram's own voxels", source,
                  " x ".join(map(str, source_shape)), volume.voxel_size,
                  " x ".join(map(str, grid)), meta.voxel_size)
-        data = normalise(resample(volume.data, grid))
-    else:
-        data = normalise(volume.data)
+        data = normalise(resample(volume.data, grid), in_place=True)
+    else:  # a file's data is this function's own copy: normalised where it lies
+        data = normalise(volume.data, in_place=not isinstance(tomogram, Volume))
     del volume
     if invert_contrast:
         np.negative(data, out=data)

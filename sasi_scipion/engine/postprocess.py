@@ -47,6 +47,10 @@ SPLIT_FACTOR = 1.6
 """A component holding more than this many sphere volumes is split."""
 
 
+PEAK_SLAB_VOXELS = 32_000_000
+"""Voxels of one z slab of the peak search (``peak_candidates``), halo included: its
+working memory is about 30 bytes a voxel (1 GB), whatever the tomogram's size."""
+
 FOREGROUND_THRESHOLD = 0.5
 """With ``foreground`` components, a voxel belongs to a particle when its particle
 probability (one minus the background probability) exceeds this."""
@@ -275,10 +279,15 @@ def _foreground_particles(segmentation: Segmentation, radii: Sequence[float],
         components.coords, foreground, groups, radius_of, min_size_fraction)]
 
 
+def gaussian_reach(sigma: float) -> int:
+    """Voxels on either side of the centre that :func:`smooth_gaussian`'s kernel covers."""
+    return max(1, int(math.ceil(3 * sigma)))
+
+
 def smooth_gaussian(volume: np.ndarray, sigma: float) -> torch.Tensor:
     """``volume`` ``(z, y, x)`` convolved with a normalised Gaussian of ``sigma`` voxels
-    (separable, truncated at 3 sigma, zero outside), float32."""
-    half = max(1, int(math.ceil(3 * sigma)))
+    (separable, truncated at :func:`gaussian_reach`, zero outside), float32."""
+    half = gaussian_reach(sigma)
     axis = torch.arange(-half, half + 1, dtype=torch.float32)
     kernel = torch.exp(-(axis**2) / (2 * sigma**2))
     kernel /= kernel.sum()
@@ -299,6 +308,49 @@ def _vote(labels: np.ndarray, scores: np.ndarray, chosen: np.ndarray, classes: i
                                      minlength=classes + 1)[1:]))
 
 
+def peak_candidates(foreground: np.ndarray, smallest_radius: float, threshold: float,
+                    slab_voxels: int = PEAK_SLAB_VOXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate particle centres: the local maxima (over a cube of ``2 r + 1`` voxels,
+    ``r`` = ``smallest_radius``) of the particle probability ``foreground`` ``(z, y, x)``
+    smoothed with a Gaussian of ``sigma = r / 2`` (at least 1 voxel), on or next to a
+    voxel above ``threshold``.
+
+    Computed in z slabs of about ``slab_voxels`` voxels, each with the halo its
+    smoothing and maximum filter reach, so that memory stays near ``slab_voxels``
+    however large the tomogram; the result is the one a single pass over the whole
+    volume gives.
+
+    Returns:
+        ``(zyx, heights)``: ``(N, 3)`` voxel indices ``(z, y, x)``, highest smoothed
+        probability first (ties in index order), and their smoothed probabilities.
+    """
+    sigma = max(smallest_radius / 2, 1.0)
+    size = 2 * int(smallest_radius) + 1
+    halo = gaussian_reach(sigma) + size // 2  # the exact core of a slab lies this far in
+    depth = foreground.shape[0]
+    plane = int(np.prod(foreground.shape[1:]))
+    core = max(1, slab_voxels // max(plane, 1) - 2 * halo)
+    found, heights = [], []
+    for first in range(0, depth, core):
+        last = min(first + core, depth)
+        lo, hi = max(first - halo, 0), min(last + halo, depth)
+        slab = foreground[lo:hi].astype(np.float32)
+        smooth = smooth_gaussian(slab, sigma)
+        peaks = smooth == functional.max_pool3d(smooth[None, None], size, 1, size // 2)[0, 0]
+        # a peak on or next to a particle voxel (a one-voxel gap may split a particle)
+        particle = torch.from_numpy(slab > threshold).float()
+        peaks &= functional.max_pool3d(particle[None, None], 3, 1, 1)[0, 0] > 0
+        peaks[: first - lo] = False
+        peaks[last - lo:] = False
+        zyx = peaks.nonzero()
+        heights.append(smooth[tuple(zyx.T)].numpy())
+        zyx[:, 0] += lo
+        found.append(zyx.numpy())
+    zyx, height = np.concatenate(found), np.concatenate(heights)
+    order = np.argsort(-height, kind="stable")
+    return zyx[order], height[order]
+
+
 def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
                     min_size_fraction: float, threshold: float
                     ) -> list[tuple[int, np.ndarray, float]]:
@@ -311,17 +363,8 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     mean particle probability within it."""
     radius_array = np.asarray(radii, dtype=np.float64)
     vote_radii = feature_radii(np.arange(len(radii)), radii)
-    smallest = float(radius_array.min())
-    foreground = segmentation.foreground.astype(np.float32)
-    smooth = smooth_gaussian(foreground, max(smallest / 2, 1.0))
-    size = 2 * int(smallest) + 1
-    peaks = (smooth == functional.max_pool3d(smooth[None, None], size, 1, size // 2)[0, 0])
-    # a peak on or next to a particle voxel (a one-voxel gap may split a particle)
-    particle = torch.from_numpy((foreground > threshold).astype(np.float32))
-    peaks &= functional.max_pool3d(particle[None, None], 3, 1, 1)[0, 0] > 0
-    zyx = peaks.nonzero().numpy()
-    heights = smooth[tuple(torch.from_numpy(zyx).T)].numpy()
-    zyx = zyx[np.argsort(-heights, kind="stable")]
+    zyx, _ = peak_candidates(segmentation.foreground, float(radius_array.min()), threshold)
+    foreground = segmentation.foreground
     shape = np.array(foreground.shape)
     reach = int(math.ceil(radius_array.max()))
     offsets = np.stack(np.meshgrid(*[np.arange(-reach, reach + 1)] * 3, indexing="ij"),
@@ -335,7 +378,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         inside = ((points >= 0) & (points < shape)).all(axis=1)
         points, near = points[inside], distances[inside]
         index = tuple(points.T)
-        probability = foreground[index]
+        probability = foreground[index].astype(np.float32)
         labels = segmentation.labels[index]
         scores = segmentation.scores[index].astype(np.float64) * (probability > threshold)
         # a first guess from the smallest core, then the vote over the guess's core

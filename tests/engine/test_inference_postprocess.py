@@ -22,7 +22,13 @@ from sasi_scipion.engine.inference import (
 )
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
-from sasi_scipion.engine.postprocess import COMPONENT_MODES, Segmentation, extract_particles
+from sasi_scipion.engine.normalize import normalisation_stats, normalise
+from sasi_scipion.engine.postprocess import (
+    COMPONENT_MODES,
+    Segmentation,
+    extract_particles,
+    peak_candidates,
+)
 from sasi_scipion.engine.progress import ProgressLog
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
 from sasi_scipion.engine.training_data import TrainingData
@@ -258,3 +264,35 @@ def test_peaks_separate_a_row_of_touching_particles_of_two_sizes() -> None:
     assert len(picks) == 5
     assert np.allclose(picks.xyz[order], truth.xyz, atol=1.0)
     assert list(picks.classes[order]) == list(truth.classes)
+
+
+@pytest.mark.parametrize("planes", [1, 12, 25])
+def test_peak_search_in_slabs_gives_the_whole_volume_result(planes: int) -> None:
+    """The peak search of a large tomogram runs in z slabs with halos: slabs of
+    ``planes`` planes (one plane: more halo than core) find the same peaks, in the same
+    order, with the same heights, as one pass over the whole volume."""
+    rng = np.random.default_rng(3)
+    truth = ParticleTable(rng.uniform(4, 44, (40, 3)), ["a"] * 40)
+    foreground = sphere_label_volume((40, 48, 48), truth, ["a"], [3.5]) > 0
+    foreground = (0.8 * foreground + 0.3 * rng.random((40, 48, 48))).astype(np.float16)
+    whole = peak_candidates(foreground, 3.5, 0.5, slab_voxels=foreground.size)
+    slabs = peak_candidates(foreground, 3.5, 0.5, slab_voxels=planes * 48 * 48)
+    assert len(whole[0]) > 20
+    assert np.array_equal(slabs[0], whole[0])
+    assert np.array_equal(slabs[1], whole[1])
+
+
+def test_normalise_in_place_overwrites_only_an_own_float32_array() -> None:
+    """In place, a float32 tomogram is normalised where it lies, to the values of the
+    copying call; other dtypes are copied (nothing to overwrite them with)."""
+    volume = (np.random.default_rng(0).standard_normal((8, 9, 10)) * 3 + 5).astype(np.float32)
+    centre, scale = normalisation_stats(volume)
+    copied = normalise(volume)
+    assert copied is not volume and copied.dtype == np.float32
+    assert np.array_equal(copied, ((volume - centre) / scale).astype(np.float32))
+    assert abs(float(np.median(copied))) < 0.1
+    same = volume.copy()
+    assert normalise(same, in_place=True) is same
+    assert np.array_equal(same, copied)
+    integers = np.round(volume * 10).astype(np.int16)
+    assert normalise(integers, in_place=True) is not integers
