@@ -215,9 +215,13 @@ def training_grid(infos: Sequence[MrcInfo], sources: Sequence[str], window: int,
 def load_on_grid(tomogram: TomogramInput, name: str, window: int, grid: Sequence[int],
                  voxel_size: float | None = None) -> np.ndarray:
     """The normalised tomogram ``(z, y, x)`` on its training ``grid`` (resampled when
-    that is not its own shape); ``name`` names it in messages."""
+    that is not its own shape); ``name`` names it in messages. One ``float32`` copy:
+    a file's data (read as this function's own) or a resampled one is normalised
+    where it lies; an array of the caller's is copied."""
     data = load_tomogram(tomogram, name, window, voxel_size).data
-    return normalise(resample(data, grid) if data.shape != tuple(grid) else data)
+    if data.shape != tuple(grid):
+        return normalise(resample(data, grid), in_place=True)
+    return normalise(data, in_place=not isinstance(tomogram, Volume))
 
 
 def _on_grid(table: ParticleTable, shape: tuple[int, ...], grid: tuple[int, ...]
