@@ -15,6 +15,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   normalisation the engine adds (``--no-batch-norm``);
 - ``sasi+background``: the same, with N background points per distractor kind added
   to the labels (voxels of gold, membranes and vesicles, junk: class ``background``);
+- ``sasi+ema``: the same, saving an exponential moving average of the weights
+  (``--ema-decay 0.99``, ramping up from the first steps);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
@@ -103,6 +105,7 @@ ROWS = {
     "sasi": [],
     "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
+    "sasi+ema": ["--ema-decay", "0.99"],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],
 }
