@@ -20,7 +20,7 @@ Volumes are normalised ``float32`` ``(z, y, x)``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -233,9 +233,11 @@ def segment_tiled(
     progress: ProgressCallback | None = None,
     calibration: ClassCalibration | None = None,
     log_probability_sink: LogProbabilitySink | None = None,
+    regions: Sequence[Box] | None = None,
 ) -> Segmentation:
     """Segment ``volume`` with exact tiled inference (see the module docstring); a net
-    with a ``fixed_window`` (a ViT) runs on its windows instead, as ``segment_sliding``.
+    with a ``fixed_window`` (a ViT) runs on its windows instead, as ``segment_sliding``
+    (every window: ``regions`` do not shorten it).
 
     Args:
         model: a backbone (``models.Backbone``: ``size_multiple``, ``receptive_margin`` ...).
@@ -248,6 +250,10 @@ def segment_tiled(
         calibration: class decisions (``postprocess.summarise_probabilities``).
         log_probability_sink: given every part of the volume as it is computed:
             its log-probabilities ``(K+1, dz, dy, dx)`` float32 and its region.
+        regions: only the tiles whose core meets one of these boxes
+            (``((z0, z1), (y0, y1), (x0, x1))`` voxels, ends exclusive) are computed,
+            exactly as in a whole pass; the rest of the maps stays background (label 0,
+            probabilities 0). ``None``: every tile.
     """
     window = getattr(model, "fixed_window", None)
     if window:
@@ -263,6 +269,10 @@ def segment_tiled(
     margin = _round_up(model.receptive_margin, multiple)
     budget = max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
     plan = plan_tiles(volume.shape, margin, multiple, budget)
+    if regions is not None:
+        plan = [(inputs, cores) for inputs, cores in plan
+                if any(all(c.start < hi and lo < c.stop for c, (lo, hi) in zip(cores, box))
+                       for box in regions)]
     maps = [np.zeros(volume.shape, dtype=dtype) for dtype in (np.uint8, np.float16, np.float16)]
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)

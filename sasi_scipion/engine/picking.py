@@ -21,11 +21,11 @@ from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
 from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE, ComponentMode, PickMode, Precision
 from .errors import SasiInputError, SasiWarning, input_name
-from .inference import ProgressCallback, segment_sliding, segment_tiled
+from .inference import Box, ProgressCallback, segment_sliding, segment_tiled
 from .model_file import Model, ModelMetadata
 from .mrc_io import TomogramInput, Volume, load_tomogram, tomogram_source
 from .normalize import NORMALISATION, normalise
-from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles
+from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles, peak_search_reach
 from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
 from .thresholds import score_cutoffs
 
@@ -201,7 +201,8 @@ def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
             sphere_radii = np.concatenate([sphere_radii, np.repeat(
                 feature_radii(np.array([smallest]), radii), len(background))])
         probe = SphereMeans(centres, sphere_radii, len(class_names) + 1)
-        segment_tiled(model, volume, device, log_probability_sink=probe.add)
+        segment_tiled(model, volume, device, log_probability_sink=probe.add,
+                      regions=label_regions(centres, volume.shape, radii))
         features.append(probe.means())
         classes.append(indices)
     calibration = fit_calibration(np.concatenate(features), np.concatenate(classes),
@@ -217,7 +218,25 @@ def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],
     """The score cut-offs (``thresholds.score_cutoffs``) for the default component mode,
     from picks with ``calibration`` (``None``: the network's classes) of the normalised
     training volumes and their labels (the arguments of :func:`label_decisions`)."""
-    picks = [extract_particles(segment_tiled(model, volume, device, calibration=calibration),
-                               class_names, radii, components=DEFAULT_COMPONENTS)
-             for volume in volumes]
+    picks = [extract_particles(
+        segment_tiled(model, volume, device, calibration=calibration,
+                      regions=label_regions(table.xyz[:, ::-1], volume.shape, radii)),
+        class_names, radii, components=DEFAULT_COMPONENTS)
+        for volume, table in zip(volumes, labels)]
     return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}
+
+
+def label_regions(centres_zyx: np.ndarray, shape_zyx: tuple[int, ...],
+                  radii: Sequence[float]) -> list[Box]:
+    """The boxes around labelled points ``(z, y, x)`` (voxels) that decide the model's
+    picks near them: two of the largest class radius (a pick's own sphere and a
+    better neighbour's) plus the peak search's reach (``postprocess.peak_search_reach``),
+    clipped to the volume. Segmenting only the tiles that meet them
+    (``inference.segment_tiled``'s ``regions``) gives the same calibration features
+    and cut-offs as the whole volume, in a fraction of the time on a large tomogram."""
+    reach = 2 * float(max(radii)) + peak_search_reach(float(min(radii)))
+    centres = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+    low = np.clip(np.floor(centres - reach), 0, None).astype(int)
+    high = np.minimum(np.ceil(centres + reach).astype(int) + 1, np.asarray(shape_zyx))
+    return [((int(a[0]), int(b[0])), (int(a[1]), int(b[1])), (int(a[2]), int(b[2])))
+            for a, b in zip(low, high)]

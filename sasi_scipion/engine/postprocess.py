@@ -308,6 +308,12 @@ def _vote(labels: np.ndarray, scores: np.ndarray, chosen: np.ndarray, classes: i
                                      minlength=classes + 1)[1:]))
 
 
+def peak_search_reach(smallest_radius: float) -> int:
+    """Voxels around a candidate centre whose particle probability decides whether
+    :func:`peak_candidates` finds it (its smoothing, then its maximum filter)."""
+    return gaussian_reach(max(smallest_radius / 2, 1.0)) + int(smallest_radius)
+
+
 def peak_candidates(foreground: np.ndarray, smallest_radius: float, threshold: float,
                     slab_voxels: int = PEAK_SLAB_VOXELS) -> tuple[np.ndarray, np.ndarray]:
     """Candidate particle centres: the local maxima (over a cube of ``2 r + 1`` voxels,
@@ -326,7 +332,7 @@ def peak_candidates(foreground: np.ndarray, smallest_radius: float, threshold: f
     """
     sigma = max(smallest_radius / 2, 1.0)
     size = 2 * int(smallest_radius) + 1
-    halo = gaussian_reach(sigma) + size // 2  # the exact core of a slab lies this far in
+    halo = peak_search_reach(smallest_radius)  # the exact core of a slab lies this far in
     depth = foreground.shape[0]
     plane = int(np.prod(foreground.shape[1:]))
     core = max(1, slab_voxels // max(plane, 1) - 2 * halo)

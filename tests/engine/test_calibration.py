@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from sasi_scipion.engine import inference, picking
 from sasi_scipion.engine.calibration import (
     ClassCalibration,
     SphereMeans,
@@ -191,3 +192,37 @@ def test_background_points_make_a_reject_class_that_drops_lookalike_distractors(
     particles = [((8, 8, 17), "b"), ((8, 30, 6), "a"), ((20, 10, 6), "a"), ((20, 30, 17), "b")]
     assert found["reject"] == particles
     assert len(found["plain"]) == 6 and set(particles) < set(found["plain"])
+
+
+def test_decisions_from_the_tiles_near_the_labels_equal_the_whole_volume(monkeypatch) -> None:
+    """On a long volume whose labels lie at one end, the calibration and the cut-offs
+    segment only the tiles that meet the labels' regions, and come out as when every
+    tile is segmented."""
+    names, radii = ["a", "b"], [3.0, 3.0]
+    centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8)]
+    far = [(6, 8, 150), (17, 30, 150), (12, 20, 120)]  # particles nobody labelled
+    training = normalise(_balls(centres + far, [1, 1, 2, 2, 1, 2, 1], shape=(24, 40, 160)))
+    labels = ParticleTable([c[::-1] for c in centres], ["a", "a", "b", "b"])
+    net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(inference.MAX_TILE_VOXELS, "cpu", 24 * 40 * 20)  # 8 tiles
+    tiles = []
+    monkeypatch.setattr(net, "forward", lambda x, forward=net.forward: (
+        tiles.append(x.shape), forward(x))[1])
+    near = label_decisions(net, [training], [labels], names, radii, cpu)
+    near_tiles = len(tiles)
+    monkeypatch.setattr(picking, "label_regions",
+                        lambda centres, shape, radii: [tuple((0, n) for n in shape)])
+    tiles.clear()
+    whole = label_decisions(net, [training], [labels], names, radii, cpu)
+    assert len(tiles) == 16 and near_tiles < 10  # two passes of 8 tiles
+    assert near[1] == whole[1] and near[1]["peaks"][0] > 0
+    np.testing.assert_array_equal(near[0].weight, whole[0].weight)
+    np.testing.assert_array_equal(near[0].bias, whole[0].bias)
+
+
+def test_label_regions_reach_two_radii_and_the_peak_search_and_stop_at_the_faces() -> None:
+    regions = picking.label_regions(np.array([[2.0, 20.0, 30.4]]), (24, 40, 40), [3.0, 5.0])
+    reach = 10 + picking.peak_search_reach(3.0)
+    assert regions == [((0, 2 + reach + 1), (20 - reach, 20 + reach + 1),
+                        (int(np.floor(30.4 - reach)), 40))]
