@@ -6,7 +6,8 @@ few hundred dense spheres (picking finds particles, post-processing has work), n
 a simulation. Each command runs in a fresh process, whose peak resident memory a
 wrapper process reads (``ru_maxrss`` of its only child). ``pick`` runs with the given
 model at its own voxel size and, with ``--resampled``, once more with the
-tomogram's header at 1.25 times the model's voxel size (resampling on the fly);
+tomogram's header at 0.8 times the model's voxel size (a finer tomogram, resampled
+on the fly to the model's coarser grid);
 ``train`` runs ``--iterations`` steps with the labels of 10 of the spheres.
 
 Usage: python benchmarks/large_tomogram.py --model M.pt --work DIR
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from conv_floor import cpu_model
 
 from sasi_scipion.engine.coordinates import ParticleTable, write_particles
 from sasi_scipion.engine.model_file import read_model_file
@@ -33,7 +34,7 @@ SPHERES = 400
 """Dense spheres planted in the noise tomogram."""
 SPHERE_RADIUS = 6
 """Their radius, voxels."""
-RESAMPLED_FACTOR = 1.25
+RESAMPLED_FACTOR = 0.8
 """Header voxel size over the model's for the resampled pick."""
 
 
@@ -89,26 +90,32 @@ def main() -> None:
     shape = tuple(int(n) for n in args.shape.split(","))
     meta, _ = read_model_file(args.model)
     args.work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
     tomogram = args.work / "large.mrc"
-    centres = _tomogram(tomogram, shape, meta.voxel_size, rng)
-    runs = {"pick": _run(["pick", "--model", args.model, "--tomogram", str(tomogram),
-                          "--out", str(args.work / "picks.tsv"), "--device", "cpu"])}
+    centres = _tomogram(tomogram, shape, meta.voxel_size, np.random.default_rng(0))
+    report = {"command": " ".join(sys.argv), "commit": commit or None, "shape_zyx": shape,
+              "tomogram_mb": round(tomogram.stat().st_size / 2**20),
+              "hardware": cpu_model(), "runs": {}}
+
+    def record(name: str, arguments: list[str]) -> None:
+        report["runs"][name] = _run(arguments)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # as results come
+        print(name, report["runs"][name], file=sys.stderr)
+
+    record("pick", ["pick", "--model", args.model, "--tomogram", str(tomogram),
+                    "--out", str(args.work / "picks.tsv"), "--device", "cpu"])
     if args.resampled:
-        coarse = args.work / "large_coarse.mrc"
-        _tomogram(coarse, shape, meta.voxel_size * RESAMPLED_FACTOR, np.random.default_rng(0))
-        runs["pick_resampled"] = _run(["pick", "--model", args.model, "--tomogram",
-                                       str(coarse), "--out", str(args.work / "picks_coarse.tsv"),
-                                       "--device", "cpu"])
+        fine = args.work / "large_fine.mrc"
+        _tomogram(fine, shape, meta.voxel_size * RESAMPLED_FACTOR, np.random.default_rng(0))
+        record("pick_resampled", ["pick", "--model", args.model, "--tomogram", str(fine),
+                                  "--out", str(args.work / "picks_fine.tsv"), "--device", "cpu"])
+        fine.unlink()
     labels = args.work / "labels.tsv"
     write_particles(labels, ParticleTable(centres[:10], ["sphere"] * 10))
-    runs["train"] = _run(["train", "--tomogram", str(tomogram), "--coords", str(labels),
-                          "--radius", str(SPHERE_RADIUS), "--out", str(args.work / "m.pt"),
-                          "--iterations", str(args.iterations), "--device", "cpu"])
-    report = {"command": " ".join(sys.argv), "shape_zyx": shape,
-              "tomogram_mb": round(tomogram.stat().st_size / 2**20),
-              "hardware": platform.processor() or platform.machine(), "runs": runs}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    record("train", ["train", "--tomogram", str(tomogram), "--coords", str(labels),
+                     "--radius", str(SPHERE_RADIUS), "--out", str(args.work / "m.pt"),
+                     "--iterations", str(args.iterations), "--device", "cpu"])
     print(Path(args.out).read_text())
 
 
