@@ -15,6 +15,10 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   normalisation the engine adds (``--no-batch-norm``);
 - ``sasi+background``: the same, with N background points per distractor kind added
   to the labels (voxels of gold, membranes and vesicles, junk: class ``background``);
+- ``sasi-one-class``: the same, trained on the N labels of one class only
+  (``--one-class``, default 1BXN) and scored on that class (``one_class``: its
+  precision, recall and F1, where a pick on any other complex, gold, membrane or
+  junk is a false positive);
 - ``sasi+ema``: the same, saving an exponential moving average of the weights
   (``--ema-decay 0.99``, ramping up from the first steps);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
@@ -94,6 +98,11 @@ PROFILES = {
              "distractors": True},
 }
 TRAINING_TOMOGRAM = "tomo_000"
+ONE_CLASS_ROWS = {"sasi-one-class"}
+"""Rows trained on the N labels of one class only (``--one-class``), scored on that class:
+does a model of one kind of particle leave the other complexes alone?"""
+ONE_CLASS = "1BXN"
+"""The default ``--one-class``: a medium-sized complex (radius 6.5 voxels)."""
 BACKGROUND_ROWS = {"sasi+background"}
 """Rows whose labels also hold N background points per distractor kind (gold, membrane
 or vesicle, junk) of the training tomogram, as a user would click a few of each."""
@@ -106,6 +115,7 @@ ROWS = {
     "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
+    "sasi-one-class": [],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],
 }
@@ -151,10 +161,12 @@ def picks_inside(picks: ParticleTable, mask: np.ndarray) -> int:
 
 
 def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: list[str],
-           unscored: list[str], radii: dict[str, float] | None = None) -> dict:
+           unscored: list[str], radii: dict[str, float] | None = None,
+           focus: str | None = None) -> dict:
     """SHREC 2021 occupancy-rule scores over the test tomograms ``names`` (pooled,
-    class-aware, per size group), and the CZII challenge's F-beta 4 when ``radii``
-    (class -> voxels) is given (unscored classes weighted 0)."""
+    class-aware, per size group), the CZII challenge's F-beta 4 when ``radii``
+    (class -> voxels) is given (unscored classes weighted 0), and with ``focus`` (a
+    class name) that class's own precision, recall and F1 (``one_class``)."""
     pooled, per_class = Scores(), {}
     truths = []
     on_distractors = 0
@@ -191,6 +203,10 @@ def _score(picks: ParticleTable | dict[str, ParticleTable], data: Path, names: l
         czii = evaluate_czii([picks[name] for name in names], truths, radii,
                              weights=dict.fromkeys(unscored, 0.0))
         scores["czii_f4"] = round(czii.score, 3)
+    if focus is not None:
+        own = per_class.get(focus, Scores())
+        scores["one_class"] = {"class": focus, "precision": round(own.precision, 3),
+                               "recall": round(own.recall, 3), "f1": round(own.f1, 3)}
     return scores
 
 
@@ -306,6 +322,8 @@ def main() -> None:
                         default=[FOREGROUND_THRESHOLD],
                         help="with --rescore: particle probabilities for foreground "
                              "components")
+    parser.add_argument("--one-class", default=ONE_CLASS,
+                        help="the class of the sasi-one-class row (default %(default)s)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.rescore:
@@ -381,17 +399,23 @@ def main() -> None:
             labels = work / f"labels_{n}_{seed}.tsv"
             write_particles(labels, few_labels(truth, n, seed))
             for row in learned:
-                if row in BACKGROUND_ROWS:
-                    labels = work / f"labels_{n}_{seed}_background.tsv"
-                    write_particles(labels, with_background_points(
-                        read_particles(work / f"labels_{n}_{seed}.tsv"),
+                row_labels = labels
+                row_radii = {c: r for c, r in radii.items() if c not in dataset["unscored"]}
+                if row in ONE_CLASS_ROWS:
+                    row_labels = work / f"labels_{n}_{seed}_{args.one_class}.tsv"
+                    write_particles(row_labels, few_labels(
+                        truth.subset(truth.classes == args.one_class), n, seed))
+                    row_radii = {args.one_class: radii[args.one_class]}
+                elif row in BACKGROUND_ROWS:
+                    row_labels = work / f"labels_{n}_{seed}_background.tsv"
+                    write_particles(row_labels, with_background_points(
+                        read_particles(labels),
                         data / f"{TRAINING_TOMOGRAM}_distractor_mask.mrc", n, seed))
                 model = work / f"{row}_{n}_{seed}.pt"
                 began = time.perf_counter()
                 _sasi("train", "--tomogram", str(data / f"{TRAINING_TOMOGRAM}.mrc"),
-                      "--coords", str(labels),
-                      *[a for c, r in radii.items() if c not in dataset["unscored"]
-                        for a in ("--radius", f"{c}={r}")],
+                      "--coords", str(row_labels),
+                      *[a for c, r in row_radii.items() for a in ("--radius", f"{c}={r}")],
                       "--out", str(model), "--iterations", str(profile["iterations"]),
                       "--seed", str(seed), "--device", "cpu", *ROWS[row])
                 train_s = time.perf_counter() - began
@@ -403,9 +427,12 @@ def main() -> None:
                               str(data / f"{name}.mrc"), "--out", str(out), "--device", "cpu",
                               "--mode", mode)
                         picks[name] = read_particles(out, allow_empty=True)
+                    one_class = row in ONE_CLASS_ROWS
                     results.append({"row": row, "labels": n, "seed": seed, "pick_mode": mode,
                                     "train_s": round(train_s),
-                                    **_score(picks, data, tests, dataset["unscored"], radii)})
+                                    **_score(picks, data, tests, dataset["unscored"],
+                                             None if one_class else radii,
+                                             args.one_class if one_class else None)})
                     print(results[-1], file=sys.stderr)
                     save()
     print(Path(args.out).read_text())
