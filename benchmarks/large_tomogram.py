@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from conv_floor import cpu_model
+from report import current_commit
 
 from sasi_scipion.engine.coordinates import ParticleTable, write_particles
 from sasi_scipion.engine.model_file import read_model_file
@@ -90,11 +91,10 @@ def main() -> None:
     shape = tuple(int(n) for n in args.shape.split(","))
     meta, _ = read_model_file(args.model)
     args.work.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = current_commit()
     tomogram = args.work / "large.mrc"
     centres = _tomogram(tomogram, shape, meta.voxel_size, np.random.default_rng(0))
-    report = {"command": " ".join(sys.argv), "commit": commit or None, "shape_zyx": shape,
+    report = {"command": " ".join(sys.argv), "commit": commit, "shape_zyx": shape,
               "tomogram_mb": round(tomogram.stat().st_size / 2**20),
               "hardware": cpu_model(), "runs": {}}
 

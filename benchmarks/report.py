@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -20,3 +22,10 @@ def write_report(rows: list[dict], out: str | None, **extra: object) -> dict:
         with open(out, "w") as handle:
             handle.write(text + "\n")
     return report
+
+
+def current_commit() -> str | None:
+    """The short hash of the checkout these benchmarks run from (``None`` outside git,
+    e.g. in a ``git archive`` snapshot)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent).stdout.strip() or None

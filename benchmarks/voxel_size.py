@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from accuracy import _score
+from report import current_commit
 
 from sasi_scipion.engine.coordinates import read_particles
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
@@ -66,12 +67,12 @@ def main() -> None:
             if voxel_size is not None:
                 shape = resampled_shape(source.data.shape, source.voxel_size, voxel_size)
                 tomogram = folder / f"{name}_{voxel_size}A{'_band' if control else ''}.mrc"
-                coarse = resample(source.data, shape)
+                resampled = resample(source.data, shape)
                 if control:  # the detail of voxel_size only, on the native grid
-                    write_volume(tomogram, resample(coarse, source.data.shape),
+                    write_volume(tomogram, resample(resampled, source.data.shape),
                                  source.voxel_size)
                 else:
-                    write_volume(tomogram, coarse, voxel_size)
+                    write_volume(tomogram, resampled, voxel_size)
             label = f"{voxel_size}_band" if control else voxel_size or "native"
             out = folder / f"{Path(args.model).stem}_{label}_{name}.tsv"
             seconds += _pick(model, tomogram, out)
@@ -90,10 +91,9 @@ def main() -> None:
         row["pooled_f1_minus_native"] = round(row["pooled_f1"] - native["pooled_f1"], 3)
         row["class_aware_f1_minus_native"] = round(
             row["class_aware_f1"] - native["class_aware_f1"], 3)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = current_commit()
     Path(args.out).write_text(json.dumps({
-        "command": " ".join(sys.argv), "commit": commit or None,
+        "command": " ".join(sys.argv), "commit": commit,
         "hardware": platform.processor() or platform.machine(), "model": str(model),
         "results": results}, indent=2) + "\n")
     print(Path(args.out).read_text())

@@ -45,11 +45,10 @@ MIN_SIZE_FRACTION = 0.25
 """Default smallest component kept, relative to the class sphere volume."""
 SPLIT_FACTOR = 1.6
 """A component holding more than this many sphere volumes is split."""
-
-
 PEAK_SLAB_VOXELS = 32_000_000
 """Voxels of one z slab of the peak search (``peak_candidates``), halo included: its
 working memory is about 30 bytes a voxel (1 GB), whatever the tomogram's size."""
+
 
 FOREGROUND_THRESHOLD = 0.5
 """With ``foreground`` components, a voxel belongs to a particle when its particle
