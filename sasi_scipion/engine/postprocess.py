@@ -356,6 +356,58 @@ def peak_candidates(foreground: np.ndarray, smallest_radius: float, threshold: f
     return zyx[order], height[order]
 
 
+class _Neighbourhood:
+    """The voxels of a ``(z, y, x)`` volume within a cube of ``reach`` voxels around a
+    centre, clipped to the volume, in C order (z slowest), with their distances to it."""
+
+    def __init__(self, shape: Sequence[int], reach: int) -> None:
+        self.shape = np.asarray(shape)
+        self.reach = reach
+        offsets = np.indices((2 * reach + 1,) * 3) - reach
+        self.distances = np.sqrt((offsets**2).sum(axis=0))
+        """``(2 reach + 1,) * 3``: each cube voxel's distance to the centre, voxels."""
+
+    def around(self, centre: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+        """``(box, distances, corner)``: the slices of the volume the cube around
+        ``centre`` covers, the distances of those voxels to it (flattened, C order) and
+        the box's first voxel ``(z, y, x)``."""
+        corner = np.maximum(centre - self.reach, 0)
+        end = np.minimum(centre + self.reach + 1, self.shape)
+        box = tuple(slice(a, b) for a, b in zip(corner.tolist(), end.tolist()))
+        inner = tuple(slice(a + self.reach, b + self.reach)
+                      for a, b in zip((corner - centre).tolist(), (end - centre).tolist()))
+        return box, self.distances[inner].ravel(), corner
+
+
+class _KeptPeaks:
+    """The peaks kept so far, bucketed in cubic cells of ``cell`` voxels, so that the
+    ones within ``cell`` voxels of a point are found without scanning them all."""
+
+    def __init__(self, cell: int) -> None:
+        self.cell = cell
+        self.centres: list[np.ndarray] = []
+        self.radii: list[float] = []
+        self.cells: dict[tuple[int, int, int], list[int]] = {}
+
+    def near(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distances from ``point`` to the kept peaks in its cell and the 26 around it
+        (every kept peak closer than ``cell`` voxels is among them), and their radii."""
+        z, y, x = (int(v) // self.cell for v in point)
+        indices = [i for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   for i in self.cells.get((z + dz, y + dy, x + dx), ())]
+        if not indices:
+            return np.zeros(0), np.zeros(0)
+        centres = np.array([self.centres[i] for i in indices])
+        return (np.linalg.norm(centres - point, axis=1),
+                np.array([self.radii[i] for i in indices]))
+
+    def add(self, point: np.ndarray, radius: float) -> None:
+        key = tuple(int(v) // self.cell for v in point)
+        self.cells.setdefault(key, []).append(len(self.centres))
+        self.centres.append(point.astype(np.float64))
+        self.radii.append(radius)
+
+
 def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
                     min_size_fraction: float, threshold: float
                     ) -> list[tuple[int, np.ndarray, float]]:
@@ -363,35 +415,31 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     smoothed particle probability on or next to the voxels above ``threshold``; each peak's
     class from the summed probability votes of its particle voxels within the
     radius of the class that wins within the smallest radius, kept when
-    enough of its class sphere is particle and no better peak lies within that radius;
+    enough of its class sphere is particle and no better peak lies within that radius
+    (or within the better peak's own radius);
     centre = the probability-weighted centroid within half its radius, score = the
     mean particle probability within it."""
     radius_array = np.asarray(radii, dtype=np.float64)
     vote_radii = feature_radii(np.arange(len(radii)), radii)
     zyx, _ = peak_candidates(segmentation.foreground, float(radius_array.min()), threshold)
     foreground = segmentation.foreground
-    shape = np.array(foreground.shape)
     reach = int(math.ceil(radius_array.max()))
-    offsets = np.stack(np.meshgrid(*[np.arange(-reach, reach + 1)] * 3, indexing="ij"),
-                       axis=-1).reshape(-1, 3)
-    distances = np.sqrt((offsets**2).sum(axis=1))
-    kept_centres: list[np.ndarray] = []
-    kept_radii: list[float] = []
+    neighbourhood = _Neighbourhood(foreground.shape, reach)
+    kept = _KeptPeaks(max(reach, 1))  # no peak suppresses beyond the largest radius
     found = []
     for peak in zyx:
-        points = peak + offsets
-        inside = ((points >= 0) & (points < shape)).all(axis=1)
-        points, near = points[inside], distances[inside]
-        index = tuple(points.T)
-        probability = foreground[index].astype(np.float32)
-        labels = segmentation.labels[index]
-        scores = segmentation.scores[index].astype(np.float64) * (probability > threshold)
+        distances, kept_radii = kept.near(peak)
+        if (distances < kept_radii).any():  # inside a better peak's particle
+            continue
+        box, near, corner = neighbourhood.around(peak)
+        probability = foreground[box].astype(np.float32).ravel()
+        labels = segmentation.labels[box].ravel()
+        scores = segmentation.scores[box].astype(np.float64).ravel() * (probability > threshold)
         # a first guess from the smallest core, then the vote over the guess's core
         guess = _vote(labels, scores, near <= vote_radii.min(), len(radii))
         klass = _vote(labels, scores, near <= vote_radii[guess], len(radii))
         radius = float(radius_array[klass])
-        if kept_centres and (np.linalg.norm(np.array(kept_centres) - peak, axis=1)
-                             < np.maximum(np.array(kept_radii), radius)).any():
+        if (distances < radius).any():
             continue
         sphere = near <= radius
         particle = sphere & (probability > threshold)
@@ -399,9 +447,10 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
             continue
         core = particle & (near <= max(radius / 2, 1.0))
         weights = probability[core].astype(np.float64)
-        centre = (points[core] * weights[:, None]).sum(axis=0) / weights.sum()
-        kept_centres.append(peak.astype(np.float64))
-        kept_radii.append(radius)
+        points = np.stack(np.unravel_index(np.flatnonzero(core),
+                                           tuple(s.stop - s.start for s in box)), axis=1)
+        centre = ((points + corner) * weights[:, None]).sum(axis=0) / weights.sum()
+        kept.add(peak, radius)
         found.append((klass, centre, float(probability[particle].mean())))
     return found
 
