@@ -65,6 +65,22 @@ def encoder_vectors(network: torch.nn.Module, volume: np.ndarray,
     return np.concatenate(vectors) if vectors else np.zeros((0, 1))
 
 
+def label_prototypes(network: torch.nn.Module, volume: np.ndarray, labels: ParticleTable
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per class of ``labels`` (centres in voxels ``(x, y, z)`` of the normalised
+    ``volume``): its prototype (the unit mean of its labels' :func:`encoder_vectors`)
+    and each label's cosine similarity to the mean of the other labels of its class."""
+    vectors = encoder_vectors(network, volume, labels.xyz)
+    prototypes, similarities = {}, {}
+    for name in labels.class_names:
+        own = vectors[labels.classes == name]
+        total = own.sum(axis=0)
+        prototypes[name] = total / np.linalg.norm(total)
+        others = total[None] - own  # leave one out
+        similarities[name] = np.einsum("nc,nc->n", own, others) / np.linalg.norm(others, axis=1)
+    return prototypes, similarities
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, required=True)
@@ -86,15 +102,7 @@ def main() -> None:
         labels = read_particles(work / (f"labels_{n}_{seed}_{one_class}.tsv" if one_class
                                         else f"labels_{n}_{seed}.tsv"))
         names = list(labels.class_names)
-        label_vectors = encoder_vectors(network, training, labels.xyz)
-        prototypes, similarities = {}, {}
-        for name in names:
-            own = label_vectors[labels.classes == name]
-            total = own.sum(axis=0)
-            prototypes[name] = total / np.linalg.norm(total)
-            others = total[None] - own  # leave one out
-            similarities[name] = (np.einsum("nc,nc->n", own, others)
-                                  / np.linalg.norm(others, axis=1))
+        prototypes, similarities = label_prototypes(network, training, labels)
         matrix = np.stack([prototypes[name] for name in names])
         picks = {name: read_particles(work / f"{row}_{n}_{seed}_{mode}_{name}.tsv",
                                       allow_empty=True) for name in tests}
