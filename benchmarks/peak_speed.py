@@ -31,17 +31,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from commit_compare import export_commit
+from conv_floor import cpu_model
+
+from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.masks import sphere_label_volume
+from sasi_scipion.engine.postprocess import Segmentation, extract_particles, peak_candidates
 
 RADII = (3.0, 4.5, 6.5)
 """Particle radius per class of the synthetic segmentation, voxels."""
 
 
-def synthetic_segmentation(shape: tuple[int, int, int], particles: int, seed: int):
-    """The segmentation described in the module docstring (``postprocess.Segmentation``)."""
-    from sasi_scipion.engine.coordinates import ParticleTable
-    from sasi_scipion.engine.masks import sphere_label_volume
-    from sasi_scipion.engine.postprocess import Segmentation
-
+def synthetic_segmentation(shape: tuple[int, int, int], particles: int, seed: int
+                           ) -> tuple[Segmentation, list[str]]:
+    """The segmentation described in the module docstring, and its class names."""
     rng = np.random.default_rng(seed)
     names = ["a", "b", "c"]
     centres = rng.uniform(0, 1, (particles, 3)) * np.array(shape[::-1])  # x, y, z
@@ -58,8 +61,6 @@ def synthetic_segmentation(shape: tuple[int, int, int], particles: int, seed: in
 def measure(shape: tuple[int, int, int], particles: int, seed: int) -> dict:
     """Time one peak extraction of the synthetic segmentation with the code on
     ``sys.path``; its candidates, particles, seconds and a digest of the particles."""
-    from sasi_scipion.engine.postprocess import extract_particles, peak_candidates
-
     segmentation, names = synthetic_segmentation(shape, particles, seed)
     candidates = len(peak_candidates(segmentation.foreground, min(RADII), 0.5)[0])
     start = time.perf_counter()
@@ -90,9 +91,6 @@ def main() -> None:
         return
     if not (args.a and args.b and args.out):
         parser.error("give the two commits A B and --out")
-    from commit_compare import export_commit
-    from conv_floor import cpu_model
-
     runs: dict[str, list[dict]] = {"a": [], "b": []}
     with tempfile.TemporaryDirectory(prefix="sasi-peak-speed-") as folder:
         trees = {side: Path(folder) / side for side in runs}

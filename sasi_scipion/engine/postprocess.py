@@ -48,8 +48,6 @@ SPLIT_FACTOR = 1.6
 PEAK_SLAB_VOXELS = 32_000_000
 """Voxels of one z slab of the peak search (``peak_candidates``), halo included: its
 working memory is about 30 bytes a voxel (1 GB), whatever the tomogram's size."""
-
-
 FOREGROUND_THRESHOLD = 0.5
 """With ``foreground`` components, a voxel belongs to a particle when its particle
 probability (one minus the background probability) exceeds this."""
@@ -389,10 +387,14 @@ class _KeptPeaks:
         self.radii: list[float] = []
         self.cells: dict[tuple[int, int, int], list[int]] = {}
 
+    def _cell_of(self, point: np.ndarray) -> tuple[int, int, int]:
+        z, y, x = (int(v) // self.cell for v in point)
+        return z, y, x
+
     def near(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distances from ``point`` to the kept peaks in its cell and the 26 around it
         (every kept peak closer than ``cell`` voxels is among them), and their radii."""
-        z, y, x = (int(v) // self.cell for v in point)
+        z, y, x = self._cell_of(point)
         indices = [i for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                    for i in self.cells.get((z + dz, y + dy, x + dx), ())]
         if not indices:
@@ -402,8 +404,8 @@ class _KeptPeaks:
                 np.array([self.radii[i] for i in indices]))
 
     def add(self, point: np.ndarray, radius: float) -> None:
-        key = tuple(int(v) // self.cell for v in point)
-        self.cells.setdefault(key, []).append(len(self.centres))
+        """Keep the peak at ``point`` (voxels ``(z, y, x)``) with its class ``radius``."""
+        self.cells.setdefault(self._cell_of(point), []).append(len(self.centres))
         self.centres.append(point.astype(np.float64))
         self.radii.append(radius)
 
