@@ -7,6 +7,8 @@ import json
 import pyworkflow.object as pwobj
 from pwem.objects import EMObject
 
+from .engine.defaults import LOW_LABEL_RECALL
+
 
 class SaSiModel(EMObject):
     """A trained (or only pre-trained) SaSi network: the ``.pt`` model file and what
@@ -23,6 +25,8 @@ class SaSiModel(EMObject):
         self._arch = pwobj.String("deepfinder")
         self._pretrainedOnly = pwobj.Boolean(False)
         self._sslCollapsedAt = pwobj.Integer()
+        self._labelPrototypes = pwobj.Boolean(False)
+        self._labelRecall = pwobj.String("[]")
 
     def getPath(self) -> str:
         """Path of the ``.pt`` model file."""
@@ -45,6 +49,32 @@ class SaSiModel(EMObject):
     def isPretrainedOnly(self) -> bool:
         return bool(self._pretrainedOnly.get())
 
+    def hasLabelPrototypes(self) -> bool:
+        """Whether training recorded the labels' encoder prototypes (picking's
+        prototype filter)."""
+        return bool(self._labelPrototypes.get())
+
+    def getLabelRecall(self) -> dict[str, float]:
+        """Per class, the fraction of its labelled particles the model finds again in
+        its own training tomograms (empty for models trained before SaSi measured it)."""
+        return dict(zip(self.getClassNames(), json.loads(self._labelRecall.get() or "[]")))
+
+    def labelRecallLines(self) -> list[str]:
+        """Summary lines: how many of its labels the model finds again, and a warning
+        naming the fix when a class is below ``LOW_LABEL_RECALL``."""
+        recall = self.getLabelRecall()
+        if not recall:
+            return []
+        lines = ["Labelled particles picked as their class in the training tomograms: " + ", ".join(
+            f"{name} {fraction:.0%}" for name, fraction in recall.items())]
+        low = [name for name, fraction in recall.items() if fraction < LOW_LABEL_RECALL]
+        if low:
+            lines.append(f"Warning: the model has not learned {', '.join(low)} (it picks "
+                         f"fewer than {LOW_LABEL_RECALL:.0%} of those labels as their class): "
+                         "train again with another random seed, more iterations or more "
+                         "labels")
+        return lines
+
     def getSslCollapsedAt(self) -> int | None:
         """The iteration at which SimCLR collapsed during training, or ``None``."""
         return self._sslCollapsedAt.get()
@@ -65,6 +95,8 @@ class SaSiModel(EMObject):
         self._arch.set(card["arch"])
         self._pretrainedOnly.set(card["pretrained_only"])
         self._sslCollapsedAt.set(card.get("settings", {}).get("ssl_collapsed_at"))
+        self._labelPrototypes.set(bool(card.get("label_prototypes")))
+        self._labelRecall.set(json.dumps(card.get("label_recall", [])))
 
     def __str__(self) -> str:
         if self.isPretrainedOnly():

@@ -28,11 +28,13 @@ from .coordinates import ParticleTable
 from .defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_COMPONENTS,
+    PROTOTYPE_QUANTILE,
     UNSCORED_CLASSES,
     BackboneName,
     ComponentMode,
     PickMode,
     Precision,
+    PrototypeFilter,
 )
 from .device import resolve_device, use_all_cpus
 from .errors import SasiInputError, SasiWarning, input_name  # noqa: F401 (exported)
@@ -199,6 +201,8 @@ def pick(
     invert_contrast: bool = False,
     voxel_size: float | None = None,
     class_calibration: bool = True,
+    prototype_filter: PrototypeFilter = "auto",
+    prototype_quantile: float = PROTOTYPE_QUANTILE,
 ) -> ParticleTable:
     """Find the particles of a tomogram.
 
@@ -219,6 +223,12 @@ def pick(
         voxel_size: Å per voxel of the tomogram, replacing its own.
         class_calibration: decide classes with the model's class calibration, fitted
             on its training labels (``False``: the network's argmax class, the paper's).
+        prototype_filter: drop picks unlike the training labels in the encoder's
+            features (``prototypes``): ``auto`` for a one-class model, ``on`` for any
+            model that has label prototypes, ``off`` never.
+        prototype_quantile: with the filter, drop picks less similar to their class's
+            label prototype than this quantile (0 to 1) of the labels' own
+            leave-one-out similarities (higher: fewer, surer picks).
 
     Returns:
         Centres in voxels ``(x, y, z)``, class and score per particle.
@@ -236,7 +246,7 @@ def pick(
         model, name = Model.load(model), str(model)
     return pick_tomogram(model, _tomogram(tomogram), resolve_device(device), mode, min_score,
                          precision, progress, components, invert_contrast, voxel_size, name,
-                         class_calibration)
+                         class_calibration, prototype_filter, prototype_quantile)
 
 
 def _table(table: ParticleTable | str | os.PathLike, allow_empty: bool) -> ParticleTable:

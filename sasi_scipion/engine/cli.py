@@ -27,6 +27,8 @@ from .atomic import atomic_output, check_outputs
 from .defaults import (
     PICK_MODES,
     PRECISIONS,
+    PROTOTYPE_FILTERS,
+    PROTOTYPE_QUANTILE,
     SSL_AUTO,
     SSL_SCHEDULES,
     TRAINING_PRECISIONS,
@@ -66,6 +68,7 @@ FLAGS = {
     "model": "--model", "occupancy": "--occupancy", "arch": "--arch",
     "batch_norm": "--no-batch-norm", "device": "--device", "mode": "--mode",
     "min_score": "--min-score", "voxel_size": "--voxel-size",
+    "prototype_filter": "--prototype-filter", "prototype_quantile": "--prototype-quantile",
     "settings.iterations": "--iterations", "settings.seed": "--seed",
     "settings.learning_rate": "--learning-rate", "settings.ema_decay": "--ema-decay",
     "settings.batch_size": "--batch-size", "settings.ssl": "--ssl",
@@ -273,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                       action="store_false",
                       help="call each particle the network's argmax class (the paper's) "
                            "instead of the model's class calibration from its training labels")
+    pick.add_argument("--prototype-filter", choices=PROTOTYPE_FILTERS, default="auto",
+                      help="drop picks that the network's encoder finds unlike the training "
+                           "labels of their class: auto (default) for a one-class model, on "
+                           "for any model, off never")
+    pick.add_argument("--prototype-quantile", type=float, default=PROTOTYPE_QUANTILE,
+                      metavar="Q",
+                      help="with the prototype filter, drop picks less like their class's "
+                           "labels than this quantile (0 to 1) of the labels' own "
+                           "similarities (default %(default)s; higher: fewer, surer picks)")
     _invert_contrast_option(pick)
     _voxel_size_option(pick)
     _device_option(pick)
@@ -379,7 +391,9 @@ def _run_pick(args: argparse.Namespace) -> None:
         picks = api.pick(args.model, args.tomogram, mode=args.mode, min_score=args.min_score,
                          device=str(device), progress=report, components=args.components,
                          precision=args.precision, invert_contrast=args.invert_contrast,
-                         voxel_size=args.voxel_size, class_calibration=args.class_calibration)
+                         voxel_size=args.voxel_size, class_calibration=args.class_calibration,
+                         prototype_filter=args.prototype_filter,
+                         prototype_quantile=args.prototype_quantile)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)

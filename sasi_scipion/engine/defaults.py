@@ -33,6 +33,18 @@ COMPONENT_MODES: tuple[str, ...] = get_args(ComponentMode)
 """How voxels are grouped into particles (see ``postprocess``)."""
 DEFAULT_COMPONENTS = "peaks"
 """The component mode ``sasi pick`` uses unless told otherwise."""
+PrototypeFilter = Literal["auto", "on", "off"]
+PROTOTYPE_FILTERS: tuple[str, ...] = get_args(PrototypeFilter)
+"""When ``sasi pick`` drops picks unlike the training labels (``prototypes``): ``auto``
+(the default) for one-class models, where it was measured to help, ``on`` for every
+model that has label prototypes, ``off`` never."""
+PROTOTYPE_QUANTILE = 0.1
+"""Default cut-off of the prototype filter: the quantile of a class's leave-one-out
+label similarities below which picks of that class are dropped (``docs/method.md``)."""
+LOW_LABEL_RECALL = 0.5
+"""A trained model that finds fewer than this fraction of a class's labelled
+particles again in its own training tomograms has not learned that class
+(``thresholds.label_recall_warning``, the train protocol's summary)."""
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Inference precisions of ``sasi pick``."""

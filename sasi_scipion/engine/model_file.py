@@ -34,6 +34,7 @@ from .model_card import (
     sidecar_paths,
 )
 from .models import build_backbone
+from .prototypes import prototypes_problem
 
 
 @dataclass
@@ -63,6 +64,12 @@ class ModelMetadata:
         class_calibration: the class decision fitted on the training labels
             (``calibration.ClassCalibration.as_dict``); empty for older, pre-trained and
             one-class models.
+        label_recall: per class, the fraction of its labelled particles that the
+            model's own picks of its training tomograms find again
+            (``thresholds.label_recall``); empty for older and pre-trained models.
+        label_prototypes: the encoder prototypes of the training labels
+            (``prototypes.LabelPrototypes.as_dict``); empty for older and pre-trained
+            models.
     """
 
     arch: str
@@ -80,6 +87,8 @@ class ModelMetadata:
     contrast: str | None = None
     contrast_skew: float | None = None
     class_calibration: dict[str, Any] = field(default_factory=dict)
+    label_recall: list[float] = field(default_factory=list)
+    label_prototypes: dict[str, Any] = field(default_factory=dict)
     engine_version: str = ENGINE_VERSION
 
     @property
@@ -175,10 +184,12 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
         return f"its contrast is not one of {', '.join(CONTRASTS)}"
     if not (payload.get("contrast_skew") is None or _is_number(payload["contrast_skew"])):
         return "its contrast skewness is not a number"
-    problem = calibration_problem(payload.get("class_calibration", {}), len(classes))
-    if problem:
-        return problem
-    return None
+    recall = payload.get("label_recall", [])
+    if not (isinstance(recall, list) and len(recall) in (0, len(classes))
+            and all(_is_number(v) and 0 <= v <= 1 for v in recall)):
+        return "its label recall is not one number in [0, 1] per class"
+    return (calibration_problem(payload.get("class_calibration", {}), len(classes))
+            or prototypes_problem(payload.get("label_prototypes", {}), len(classes)))
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[ModelMetadata, dict[str, torch.Tensor]]:
@@ -251,12 +262,17 @@ def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[s
     """What ``sasi info`` shows of a model (JSON-ready): backbone, classes, radii
     (voxels), window (voxels), voxel size (Å), whether pre-trained only, iterations,
     contrast, how many labelled particles its class calibration was fitted on (``None``:
-    no calibration), parameter count (weights and buffers) and engine version."""
+    no calibration), the fraction of each class's labels it finds again in its training
+    tomograms (``label_recall``, ``None`` when unknown), whether it has label prototypes
+    (``prototypes``), parameter count (weights and buffers) and engine version."""
     return {"arch": meta.arch, "classes": meta.classes, "radii": meta.radii,
             "window": meta.window, "voxel_size": meta.voxel_size,
             "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
             "contrast": meta.contrast,
             "class_calibration_labels": meta.class_calibration.get("labels"),
+            "label_recall": (dict(zip(meta.classes, meta.label_recall))
+                             if meta.label_recall else None),
+            "label_prototypes": bool(meta.label_prototypes),
             "parameters": int(sum(t.numel() for t in state.values())),
             "engine_version": meta.engine_version}
 

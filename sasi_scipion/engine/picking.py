@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,15 +20,25 @@ from .calibration import (
 )
 from .contrast import contrast_skew, inversion_warning
 from .coordinates import ParticleTable
-from .defaults import PICK_MODES, VOXEL_SIZE_TOLERANCE, ComponentMode, PickMode, Precision
+from .defaults import (
+    PICK_MODES,
+    PROTOTYPE_FILTERS,
+    PROTOTYPE_QUANTILE,
+    VOXEL_SIZE_TOLERANCE,
+    ComponentMode,
+    PickMode,
+    Precision,
+    PrototypeFilter,
+)
 from .errors import SasiInputError, SasiWarning, input_name
 from .inference import Box, ProgressCallback, segment_sliding, segment_tiled
 from .model_file import Model, ModelMetadata
 from .mrc_io import TomogramInput, Volume, load_tomogram, tomogram_source
 from .normalize import NORMALISATION, normalise
 from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles, peak_search_reach
+from .prototypes import LabelPrototypes, prototypes_apply
 from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
-from .thresholds import score_cutoffs
+from .thresholds import label_recall, score_cutoffs
 
 LOG = logging.getLogger(__package__)
 
@@ -49,6 +60,17 @@ def check_pickable(meta: ModelMetadata, model_name: str) -> None:
             f"{model_name}: uses input normalisation {meta.normalisation!r}, this engine "
             f"applies {NORMALISATION!r}; retrain the model with this version"
         )
+
+
+def check_mode(mode: str) -> None:
+    """Refuse a pick mode not in ``PICK_MODES``.
+
+    Raises:
+        SasiInputError: naming the choices.
+    """
+    if mode not in PICK_MODES:
+        raise SasiInputError(
+            f"{input_name('mode')} {mode}: choose one of {', '.join(PICK_MODES)}")
 
 
 def model_grid(meta: ModelMetadata, volume: Volume, source: str) -> tuple[int, ...]:
@@ -76,33 +98,24 @@ def model_grid(meta: ModelMetadata, volume: Volume, source: str) -> tuple[int, .
     return resampled
 
 
-def segment_tomogram(
-    model: Model,
+def prepare_tomogram(
+    meta: ModelMetadata,
     tomogram: TomogramInput,
-    device: torch.device,
-    mode: PickMode = "tiled",
-    precision: Precision = "auto",
-    progress: ProgressCallback | None = None,
     invert_contrast: bool = False,
     voxel_size: float | None = None,
     model_name: str = "model",
-    calibrated: bool = True,
-) -> tuple[Segmentation, tuple[int, ...]]:
-    """Segment a tomogram (argmax class and its probability per voxel) at the model's
-    voxel size; return the segmentation and the tomogram's own ``(z, y, x)`` shape. A
-    tomogram at another voxel size is resampled to the model's first (``model_grid``;
-    the segmentation is then on that grid, whose voxels ``resample.to_source_voxels``
-    maps back; a note goes to the engine's logger). With ``invert_contrast``, of the
-    negated normalised tomogram. Warns (:class:`SasiWarning`) when the tomogram, so
-    prepared, looks inverted relative to the model (``contrast.inversion_warning``).
-    Its voxel size is ``voxel_size`` (Å) when given, else its own. ``model_name``
-    names the model in messages. With ``calibrated`` (the default), particle voxels
-    take the class of the model's class calibration (``calibration``), when it has
-    one; else the network's argmax class."""
-    if mode not in PICK_MODES:
-        raise SasiInputError(
-            f"{input_name('mode')} {mode}: choose one of {', '.join(PICK_MODES)}")
-    meta = model.metadata
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The tomogram as the model sees it, and its own ``(z, y, x)`` shape: normalised,
+    at the model's voxel size (a tomogram at another is resampled first: ``model_grid``;
+    its voxels then map back with ``resample.to_source_voxels``, and a note goes to the
+    engine's logger), negated with ``invert_contrast``. Its voxel size is ``voxel_size``
+    (Å) when given, else its own. Warns (:class:`SasiWarning`) when the prepared
+    tomogram looks inverted relative to the model (``contrast.inversion_warning``).
+    ``model_name`` names the model in messages.
+
+    Raises:
+        SasiInputError: a model that cannot pick, or a tomogram it cannot read.
+    """
     name = input_name("tomogram")
     check_pickable(meta, model_name)
     volume = load_tomogram(tomogram, name, meta.window, voxel_size)
@@ -122,23 +135,82 @@ def segment_tomogram(
         np.negative(data, out=data)
     warning = inversion_warning(contrast_skew(data), meta.contrast_skew, source)
     if warning:
-        warnings.warn(warning, SasiWarning, stacklevel=2)
+        warnings.warn(warning, SasiWarning, stacklevel=3)
+    return data, source_shape
+
+
+def segment_prepared(
+    model: Model,
+    data: np.ndarray,
+    device: torch.device,
+    mode: PickMode = "tiled",
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
+    calibrated: bool = True,
+) -> Segmentation:
+    """Segment a tomogram prepared by :func:`prepare_tomogram` (argmax class and its
+    probability per voxel). With ``calibrated`` (the default), particle voxels take
+    the class of the model's class calibration (``calibration``), when it has one;
+    else the network's argmax class."""
+    check_mode(mode)
+    meta = model.metadata
     network = model.network.to(device).eval()
     calibration = ClassCalibration.from_dict(meta.class_calibration) if calibrated else None
     if mode == "tiled":
-        segmentation = segment_tiled(network, data, device, precision=precision,
-                                     progress=progress, calibration=calibration)
-    else:
-        segmentation = segment_sliding(network, data, device, window=meta.window,
-                                       stride=meta.window // 2, precision=precision,
-                                       progress=progress, calibration=calibration)
-    return segmentation, source_shape
+        return segment_tiled(network, data, device, precision=precision,
+                             progress=progress, calibration=calibration)
+    return segment_sliding(network, data, device, window=meta.window,
+                           stride=meta.window // 2, precision=precision,
+                           progress=progress, calibration=calibration)
+
+
+def segment_tomogram(
+    model: Model,
+    tomogram: TomogramInput,
+    device: torch.device,
+    mode: PickMode = "tiled",
+    precision: Precision = "auto",
+    progress: ProgressCallback | None = None,
+    invert_contrast: bool = False,
+    voxel_size: float | None = None,
+    model_name: str = "model",
+    calibrated: bool = True,
+) -> tuple[Segmentation, tuple[int, ...]]:
+    """Segment a tomogram at the model's voxel size (:func:`prepare_tomogram`, then
+    :func:`segment_prepared`, whose arguments these are); return the segmentation and
+    the tomogram's own ``(z, y, x)`` shape."""
+    check_mode(mode)  # before reading the tomogram
+    data, source_shape = prepare_tomogram(model.metadata, tomogram, invert_contrast,
+                                          voxel_size, model_name)
+    return segment_prepared(model, data, device, mode, precision, progress,
+                            calibrated), source_shape
 
 
 def model_cutoffs(meta: ModelMetadata, components: ComponentMode) -> list[float]:
     """The model's per-class score cut-offs for ``components`` (0 for every class of a
     model that has none: an older or pre-trained model)."""
     return meta.score_cutoffs.get(components, [0.0] * len(meta.classes))
+
+
+def model_prototypes(meta: ModelMetadata, setting: PrototypeFilter,
+                     model_name: str = "model") -> LabelPrototypes | None:
+    """The model's label prototypes when picking with filter ``setting`` uses them
+    (``prototypes.prototypes_apply``), else ``None``.
+
+    Raises:
+        SasiInputError: ``setting`` not one of ``PROTOTYPE_FILTERS``, or ``on`` for a
+            model without prototypes.
+    """
+    option = input_name("prototype_filter")
+    if setting not in PROTOTYPE_FILTERS:
+        raise SasiInputError(f"{option} {setting}: choose one of {', '.join(PROTOTYPE_FILTERS)}")
+    if setting == "on" and not meta.label_prototypes:
+        raise SasiInputError(
+            f"{model_name}: has no label prototypes (trained before sasi recorded them); "
+            f"retrain it, or pick with {option} off")
+    if not prototypes_apply(setting, len(meta.classes), bool(meta.label_prototypes)):
+        return None
+    return LabelPrototypes.from_dict(meta.label_prototypes)
 
 
 def pick_tomogram(
@@ -154,6 +226,8 @@ def pick_tomogram(
     voxel_size: float | None = None,
     model_name: str = "model",
     calibrated: bool = True,
+    prototype_filter: PrototypeFilter = "auto",
+    prototype_quantile: float = PROTOTYPE_QUANTILE,
 ) -> ParticleTable:
     """Particles (centres in voxels ``(x, y, z)``, class, score) found in a tomogram.
 
@@ -162,34 +236,70 @@ def pick_tomogram(
     negates the tomogram first (protein bright here, dark in the training data, or
     the reverse). ``voxel_size`` (Å) replaces the tomogram's own. A tomogram at another
     voxel size than the model's is picked resampled to it, and the centres are given
-    in the tomogram's own voxels. The other arguments are :func:`segment_tomogram`'s.
+    in the tomogram's own voxels. ``prototype_filter`` (:func:`model_prototypes`)
+    drops picks less similar to their class's label prototype than the
+    ``prototype_quantile`` of the labels' own similarities
+    (``prototypes.LabelPrototypes.keep``). The other arguments are
+    :func:`segment_prepared`'s.
+
+    Raises:
+        SasiInputError: naming the input and the fix.
     """
-    segmentation, source_shape = segment_tomogram(model, tomogram, device, mode, precision,
-                                                  progress, invert_contrast, voxel_size,
-                                                  model_name, calibrated)
+    if not 0.0 <= prototype_quantile <= 1.0:
+        raise SasiInputError(f"{input_name('prototype_quantile')} {prototype_quantile}: "
+                             "give a quantile from 0 to 1")
     meta = model.metadata
+    prototypes = model_prototypes(meta, prototype_filter, model_name)
+    check_mode(mode)  # before reading the tomogram
+    data, source_shape = prepare_tomogram(meta, tomogram, invert_contrast, voxel_size,
+                                          model_name)
+    segmentation = segment_prepared(model, data, device, mode, precision, progress,
+                                    calibrated)
+    if prototypes is None:
+        del data  # post-processing a large tomogram needs the memory
     cut = model_cutoffs(meta, components) if min_score is None else min_score
     picks = extract_particles(segmentation, meta.classes, meta.radii, min_score=cut,
                               components=components)
+    if prototypes is not None:
+        keep = prototypes.keep(model.network.to(device).eval(), data, picks, meta.classes,
+                               prototype_quantile)
+        LOG.info("kept %d of %d picks like the labels (label prototypes, quantile %g)",
+                 int(keep.sum()), len(picks), prototype_quantile)
+        picks = picks.subset(keep)
     if segmentation.labels.shape != source_shape:
         picks.xyz = to_source_voxels(picks.xyz, source_shape, segmentation.labels.shape)
     return picks
+
+
+class LabelDecisions(NamedTuple):
+    """What training decides from its labels after the last step (:func:`label_decisions`).
+
+    Attributes:
+        calibration: the class calibration, or ``None`` (``calibration.fit_calibration``).
+        score_cutoffs: per-class cut-offs for the default component mode
+            (``thresholds.score_cutoffs``).
+        label_recall: per class, the fraction of the labelled particles the model's own
+            picks find again (``thresholds.label_recall``).
+    """
+
+    calibration: ClassCalibration | None
+    score_cutoffs: dict[str, list[float]]
+    label_recall: list[float]
 
 
 def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
                     labels: Sequence[ParticleTable], class_names: Sequence[str],
                     radii: Sequence[float], device: torch.device,
                     negatives: Sequence[ParticleTable] | None = None,
-                    calibration_l2: float = CALIBRATION_L2
-                    ) -> tuple[ClassCalibration | None, dict[str, list[float]]]:
-    """The class calibration (``calibration.fit_calibration``) and the score cut-offs
-    (``thresholds.score_cutoffs``, for the default component mode) of a model, from
-    its segmentations of its own normalised training volumes ``(z, y, x)`` and their
-    labels (positions in voxels ``(x, y, z)``), and the background points of each
-    volume (``negatives``: the calibration's reject class), with L2 penalty
-    ``calibration_l2``: one pass that gathers the labelled points' log-probabilities,
-    then one that picks with the calibration (other component modes pick without
-    cut-offs unless given ``min_score``)."""
+                    calibration_l2: float = CALIBRATION_L2) -> LabelDecisions:
+    """The class calibration (``calibration.fit_calibration``), the score cut-offs and
+    the label recall (:func:`label_picks`) of a model, from its segmentations of its
+    own normalised training volumes ``(z, y, x)`` and their labels (positions in
+    voxels ``(x, y, z)``), and the background points of each volume (``negatives``:
+    the calibration's reject class), with L2 penalty ``calibration_l2``: one pass
+    that gathers the labelled points' log-probabilities, then one that picks with
+    the calibration (other component modes pick without cut-offs unless given
+    ``min_score``)."""
     features, classes = [], []
     smallest = int(np.argmin(radii))
     for volume, table, background in zip(volumes, labels, negatives or [None] * len(volumes)):
@@ -207,23 +317,26 @@ def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
         classes.append(indices)
     calibration = fit_calibration(np.concatenate(features), np.concatenate(classes),
                                   len(class_names), calibration_l2)
-    return calibration, label_cutoffs(model, volumes, labels, class_names, radii, device,
-                                      calibration)
+    picks = label_picks(model, volumes, labels, class_names, radii, device, calibration)
+    return LabelDecisions(
+        calibration, {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)},
+        label_recall(picks, labels, class_names, radii))
 
 
-def label_cutoffs(model: nn.Module, volumes: Sequence[np.ndarray],
-                  labels: Sequence[ParticleTable], class_names: Sequence[str],
-                  radii: Sequence[float], device: torch.device,
-                  calibration: ClassCalibration | None) -> dict[str, list[float]]:
-    """The score cut-offs (``thresholds.score_cutoffs``) for the default component mode,
-    from picks with ``calibration`` (``None``: the network's classes) of the normalised
-    training volumes and their labels (the arguments of :func:`label_decisions`)."""
-    picks = [extract_particles(
+def label_picks(model: nn.Module, volumes: Sequence[np.ndarray],
+                labels: Sequence[ParticleTable], class_names: Sequence[str],
+                radii: Sequence[float], device: torch.device,
+                calibration: ClassCalibration | None) -> list[ParticleTable]:
+    """The picks (default component mode, no cut-off) with ``calibration`` (``None``:
+    the network's classes) near the labels of each normalised training volume (the
+    arguments of :func:`label_decisions`), from which the score cut-offs
+    (``thresholds.score_cutoffs``) and the label recall (``thresholds.label_recall``)
+    are taken."""
+    return [extract_particles(
         segment_tiled(model, volume, device, calibration=calibration,
                       regions=label_regions(table.xyz[:, ::-1], volume.shape, radii)),
         class_names, radii, components=DEFAULT_COMPONENTS)
         for volume, table in zip(volumes, labels)]
-    return {DEFAULT_COMPONENTS: score_cutoffs(picks, labels, class_names, radii)}
 
 
 def label_regions(centres_zyx: np.ndarray, shape_zyx: tuple[int, ...],

@@ -14,6 +14,10 @@ benchmark, seed 0, this fallback raised precision from 0.17 to 0.34 and pooled
 F1 from 0.28 to 0.49 at the same recall). 0 only when no labelled particle is
 picked at all.
 
+The same picks give the model's label recall (:func:`label_recall`): the share of
+each class's labels found again as that class, a self-check that warns when a
+trained model has not learned a class (:func:`label_recall_warning`).
+
 The labelled particles were trained on, so their scores are higher than those of
 unseen particles; the factor leaves room for that. Both constants were chosen
 with ``benchmarks/accuracy.py --rescore`` (``benchmarks/RESULTS.md``).
@@ -26,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .coordinates import ParticleTable
+from .defaults import LOW_LABEL_RECALL
+from .errors import input_name
 
 RECOVERED_QUANTILE = 0.1
 """Quantile of the labelled particles' scores that the cut-off is tied to."""
@@ -77,3 +83,32 @@ def score_cutoffs(picks: Sequence[ParticleTable], labels: Sequence[ParticleTable
     cutoffs = [cutoff([labelled_scores(p, lab, name, radius) for p, lab in zip(picks, labels)])
                for name, radius in zip(class_names, radii)]
     return [c if c is not None else (agnostic or 0.0) for c in cutoffs]
+
+
+def label_recall(picks: Sequence[ParticleTable], labels: Sequence[ParticleTable],
+                 class_names: Sequence[str], radii: Sequence[float]) -> list[float]:
+    """Per class, the fraction of its labelled particles that a pick of that class lies
+    on (within the class radius, voxels) in the picks (no cut-off) of the training
+    tomograms, ``labels`` being the user's labels of the same tomograms in order: how
+    much of what it was taught the trained model finds again (1.0 for a class without
+    labels, which training refuses)."""
+    recall = []
+    for name, radius in zip(class_names, radii):
+        found = sum(len(labelled_scores(p, lab, name, radius)) for p, lab in zip(picks, labels))
+        total = sum(int((lab.classes == name).sum()) for lab in labels)
+        recall.append(round(found / total, 4) if total else 1.0)
+    return recall
+
+
+def label_recall_warning(class_names: Sequence[str], recall: Sequence[float]) -> str | None:
+    """The warning for classes whose label recall (:func:`label_recall`) is below
+    ``LOW_LABEL_RECALL``, naming the fix; ``None`` when every class is above."""
+    low = [f"{name} {fraction:.0%}" for name, fraction in zip(class_names, recall)
+           if fraction < LOW_LABEL_RECALL]
+    if not low:
+        return None
+    return (f"the model picks few of your labelled particles as their own class in its "
+            f"training tomogram(s) ({', '.join(low)} of the labels of that class): it has "
+            f"not learned those classes and will pick them poorly; train again with another "
+            f"{input_name('settings.seed')}, more {input_name('settings.iterations')} or "
+            "more labels")

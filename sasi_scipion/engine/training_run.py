@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Union
@@ -23,12 +24,14 @@ from .checkpoint import run_fingerprint
 from .contrast import contrast_skew, label_contrast
 from .defaults import BATCH_NORM, DEFAULT_BACKBONE, WINDOW, BackboneName
 from .distributed import ALONE, Replica
-from .errors import SasiInputError, input_name
+from .errors import SasiInputError, SasiWarning, input_name
 from .model_file import Model, ModelMetadata, build_network, read_model_file
 from .models import BACKBONES, build_backbone
 from .mrc_io import TomogramInput
 from .normalize import NORMALISATION
 from .picking import label_decisions
+from .prototypes import fit_prototypes
+from .thresholds import label_recall_warning
 from .training import SaSiTrainer, TrainingSettings, collapse_iteration
 from .training_data import LabelsInput, load_training_data, load_unlabelled
 
@@ -181,10 +184,15 @@ def prepare_train(
 
     def metadata(history: list[dict]) -> ModelMetadata:
         LOG.info("train: fitting the class calibration and choosing score cut-offs from "
-                 "the labelled particles")
-        calibration, cutoffs = label_decisions(trainer.trained_model(), data.volumes,
-                                               data.particles, data.class_names, data.radii,
-                                               device, data.negatives)
+                 "the labelled particles, and their label prototypes")
+        trained = trainer.trained_model()
+        calibration, cutoffs, recall = label_decisions(trained, data.volumes, data.particles,
+                                                       data.class_names, data.radii, device,
+                                                       data.negatives)
+        warning = label_recall_warning(data.class_names, recall)
+        if warning:
+            warnings.warn(warning, SasiWarning, stacklevel=2)
+        prototypes = fit_prototypes(trained, data.volumes, data.particles, data.class_names)
         return ModelMetadata(
             arch=arch, arch_params=arch_params, classes=data.class_names, radii=data.radii,
             window=WINDOW, voxel_size=voxel, normalisation=NORMALISATION,
@@ -194,9 +202,11 @@ def prepare_train(
                       "background_points": sum(len(t) for t in data.negatives or []),
                       "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history)},
-            loss_history=history, score_cutoffs=cutoffs, contrast=contrast,
+            loss_history=history, score_cutoffs=cutoffs, label_recall=recall,
+            contrast=contrast,
             contrast_skew=skew,
-            class_calibration=calibration.as_dict() if calibration is not None else {})
+            class_calibration=calibration.as_dict() if calibration is not None else {},
+            label_prototypes=prototypes.as_dict())
 
     description = {"command": "train", "arch": arch, "arch_params": arch_params,
                    "classes": data.class_names, "radii": data.radii, "voxel_size": voxel}

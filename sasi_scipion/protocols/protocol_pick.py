@@ -13,7 +13,13 @@ from tomo.objects import SetOfCoordinates3D, SetOfTomograms
 
 from ..constants import CLASS_OUTPUT_PREFIX, OUTPUT_COORDINATES, PICKS_SUFFIX
 from ..convert import add_picks, class_output_name, tomograms_by_tsid
-from ..engine.defaults import MAX_RESAMPLING_FACTOR, PICK_MODES, VOXEL_SIZE_TOLERANCE
+from ..engine.defaults import (
+    MAX_RESAMPLING_FACTOR,
+    PICK_MODES,
+    PROTOTYPE_FILTERS,
+    PROTOTYPE_QUANTILE,
+    VOXEL_SIZE_TOLERANCE,
+)
 from ..objects import SaSiModel
 from .protocol_base import (
     ProtSaSiBase,
@@ -78,6 +84,23 @@ class ProtSaSiPick(ProtSaSiBase):
                            "network's own most likely class, as in the paper. Older models "
                            "(trained before the calibration existed) have none and pick the "
                            "network's class either way.")
+        form.addParam("prototypeFilter", params.EnumParam, choices=list(PROTOTYPE_FILTERS),
+                      default=PROTOTYPE_FILTERS.index("auto"),
+                      label="Keep only picks like the labels",
+                      help="Drop picks that the network's encoder finds unlike the "
+                           "particles you labelled for their class (cosine similarity to "
+                           "the labels' mean feature vector, a label prototype). auto: for "
+                           "a model trained on one class, which otherwise picks every "
+                           "complex of a similar size; on: for every model; off: never. "
+                           "Models trained before SaSi recorded label prototypes have "
+                           "none (auto then keeps every pick).")
+        form.addParam("prototypeQuantile", params.FloatParam, default=PROTOTYPE_QUANTILE,
+                      condition=f"prototypeFilter != {PROTOTYPE_FILTERS.index('off')}",
+                      expertLevel=params.LEVEL_ADVANCED, label="Prototype strictness",
+                      help="A pick is dropped when it is less like its class's labels "
+                           "than this quantile (0 to 1) of the labels' own similarities "
+                           "to one another: 0 keeps what is as similar as the least "
+                           "typical label; higher values keep fewer, surer picks.")
         form.addParam("mode", params.EnumParam, choices=list(PICK_MODES), default=0,
                       expertLevel=params.LEVEL_ADVANCED, label="Inference mode",
                       help="tiled: fast, exact large tiles (default); sliding: the paper's "
@@ -105,7 +128,9 @@ class ProtSaSiPick(ProtSaSiBase):
                       *voxel_size_arguments(self.inputTomograms.get()),
                       *([] if self.useModelCutoffs.get() else ["--min-score", str(self.minScore.get())]),
                       *(["--invert-contrast"] if self.invertContrast.get() else []),
-                      *([] if self.classCalibration.get() else ["--no-class-calibration"])])
+                      *([] if self.classCalibration.get() else ["--no-class-calibration"]),
+                      "--prototype-filter", PROTOTYPE_FILTERS[self.prototypeFilter.get()],
+                      "--prototype-quantile", repr(float(self.prototypeQuantile.get()))])
 
     def classOutputs(self) -> dict[str, str]:
         """Output name per class of the model: ``outputCoordinates_<class>``."""
@@ -191,6 +216,13 @@ class ProtSaSiPick(ProtSaSiBase):
                 f"{model.getVoxelSize():.2f} Å/px.")
         if not self.useModelCutoffs.get() and not 0.0 <= self.minScore.get() <= 1.0:
             errors.append("Minimum score must lie between 0 and 1.")
+        filter_choice = PROTOTYPE_FILTERS[self.prototypeFilter.get()]
+        if filter_choice != "off" and not 0.0 <= self.prototypeQuantile.get() <= 1.0:
+            errors.append("Prototype strictness must lie between 0 and 1.")
+        if filter_choice == "on" and not model.hasLabelPrototypes():
+            errors.append("The model has no label prototypes (it was trained before SaSi "
+                          "recorded them): retrain it, or set 'Keep only picks like the "
+                          "labels' to auto or off.")
         return engine_problems() + errors
 
     def _samplingRatio(self) -> float:

@@ -306,6 +306,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             lines.append(f"Trained {model.getArch()} at {model.getVoxelSize():.2f} Å/px: "
                          f"{model.getPath()}")
             lines += model.collapseWarning()
+            lines += model.labelRecallLines()
         else:
             lines.append("Training not finished yet.")
         return lines

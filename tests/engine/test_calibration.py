@@ -144,7 +144,9 @@ def test_training_labels_fix_a_net_that_swaps_two_classes() -> None:
     labels = ParticleTable([c[::-1] for c in centres], ["a", "a", "b", "b"])  # (x, y, z)
     net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
     cpu = torch.device("cpu")
-    calibration, cutoffs = label_decisions(net, [training], [labels], names, radii, cpu)
+    calibration, cutoffs, recall = label_decisions(net, [training], [labels], names, radii,
+                                                   cpu)
+    assert recall == [1.0, 1.0]  # the swapped classes are calibrated: every label found
     assert calibration is not None and calibration.labels == 4
     meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=names, radii=radii,
                          window=24, voxel_size=None, normalisation=NORMALISATION,
@@ -173,9 +175,9 @@ def test_background_points_make_a_reject_class_that_drops_lookalike_distractors(
     background = ParticleTable([c[::-1] for c in centres[4:]], ["background"] * 2)
     net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
     cpu = torch.device("cpu")
-    plain, _ = label_decisions(net, [training], [labels], names, radii, cpu)
-    calibration, cutoffs = label_decisions(net, [training], [labels], names, radii, cpu,
-                                           [background])
+    plain = label_decisions(net, [training], [labels], names, radii, cpu).calibration
+    calibration, cutoffs, _ = label_decisions(net, [training], [labels], names, radii, cpu,
+                                              [background])
     assert not plain.rejects and calibration.rejects and calibration.labels == 6
     assert calibration_problem(calibration.as_dict(), 2) is None
     test = Volume(_balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8), (12, 20, 32),

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from sasi_scipion.engine.coordinates import ParticleTable
-from sasi_scipion.engine.thresholds import RECOVERED_QUANTILE, labelled_scores, score_cutoffs
+from sasi_scipion.engine.thresholds import (
+    RECOVERED_QUANTILE,
+    label_recall,
+    label_recall_warning,
+    labelled_scores,
+    score_cutoffs,
+)
 
 
 def _picks() -> ParticleTable:
@@ -53,3 +59,17 @@ def test_cutoffs_pool_the_labels_of_every_training_tomogram() -> None:
     cutoffs = score_cutoffs([_picks(), second], labels, ["a"], [2.0], factor=1.0)
     assert cutoffs[0] == pytest.approx(float(np.quantile([0.9, 0.3], RECOVERED_QUANTILE)),
                                        abs=1e-4)
+
+
+def test_label_recall_counts_the_labels_a_pick_of_their_class_lies_on() -> None:
+    """Over two training tomograms: class a has 3 of 4 labels under a pick of a; class
+    b's one label sits under a pick of a only (missed as b); the warning names b."""
+    labels = [ParticleTable([[10, 12, 10], [30, 30, 30], [90, 90, 90]], ["a", "a", "a"]),
+              ParticleTable([[50, 50, 50], [70, 5, 5]], ["b", "a"])]
+    picks = [_picks(), ParticleTable([[50, 50, 51], [70, 6, 5]], ["a", "a"], [0.7, 0.6])]
+    recall = label_recall(picks, labels, ["a", "b"], [3.0, 3.0])
+    assert recall == [0.75, 0.0]
+    warning = label_recall_warning(["a", "b"], recall)
+    assert "(b 0% of the labels of that class)" in warning and "a 75%" not in warning
+    assert "another settings.seed" in warning
+    assert label_recall_warning(["a", "b"], [0.75, 0.5]) is None

@@ -306,6 +306,24 @@ def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
     assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
 
 
+def test_model_summary_says_how_many_labels_the_model_finds_again(env) -> None:
+    from sasi_scipion.objects import SaSiModel
+
+    card = {"classes": ["a", "b"], "radii": [3, 3], "voxel_size": 10.0, "window": 24,
+            "arch": "deepfinder", "pretrained_only": False}
+    model = SaSiModel(path="m.pt")
+    model.setFromMetadata({**card, "label_recall": [0.9, 0.25]})
+    lines = model.labelRecallLines()
+    assert lines[0] == ("Labelled particles picked as their class in the training tomograms: "
+                        "a 90%, b 25%")
+    assert lines[1].startswith("Warning: the model has not learned b (it picks fewer than 50%")
+    model.setFromMetadata({**card, "label_recall": [0.9, 0.5]})
+    assert len(model.labelRecallLines()) == 1
+    older = SaSiModel(path="m.pt")
+    older.setFromMetadata(card)
+    assert older.labelRecallLines() == [] and older.getLabelRecall() == {}
+
+
 def test_pick_passes_invert_contrast_and_no_calibration_only_when_asked(env,
                                                                        monkeypatch) -> None:
     from sasi_scipion.objects import SaSiModel
@@ -324,6 +342,42 @@ def test_pick_passes_invert_contrast_and_no_calibration_only_when_asked(env,
     pick.pickStep("t1")
     assert ["--invert-contrast" in c for c in commands] == [False, True, True]
     assert ["--no-class-calibration" in c for c in commands] == [False, False, True]
+
+
+def test_pick_passes_the_prototype_filter_and_refuses_it_for_a_model_without(env,
+                                                                            monkeypatch) -> None:
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], "pick_prototypes"))
+    card = {"classes": ["a"], "radii": [3], "voxel_size": 10.0, "window": 24,
+            "arch": "deepfinder", "pretrained_only": False}
+    without, with_prototypes = SaSiModel(path=str(d / "model.pt")), SaSiModel(
+        path=str(d / "model.pt"))
+    without.setFromMetadata(card)
+    with_prototypes.setFromMetadata({**card, "label_prototypes": {"vectors": [[1.0]],
+                                                                  "label_similarities": [[]]}})
+    assert with_prototypes.hasLabelPrototypes() and not without.hasLabelPrototypes()
+    pick.inputModel.set(without)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(pick, "runSasi", lambda args, device=True: commands.append(args))
+    pick.pickStep("t1")
+    flag = commands[-1].index("--prototype-filter")
+    assert commands[-1][flag:flag + 4] == ["--prototype-filter", "auto",
+                                           "--prototype-quantile", "0.1"]
+    assert "no label prototypes" not in _errors(pick)
+    pick.prototypeFilter.set(1)  # on
+    assert "The model has no label prototypes" in _errors(pick)
+    pick.inputModel.set(with_prototypes)
+    assert "label prototypes" not in _errors(pick)
+    pick.prototypeQuantile.set(1.5)
+    assert "Prototype strictness must lie between 0 and 1" in _errors(pick)
+    pick.prototypeQuantile.set(0.25)
+    pick.pickStep("t1")
+    assert commands[-1][flag:flag + 4] == ["--prototype-filter", "on",
+                                           "--prototype-quantile", "0.25"]
 
 
 def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
