@@ -43,7 +43,9 @@ from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.model_file import Model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
-from sasi_scipion.engine.picking import label_cutoffs, label_decisions, pick_tomogram
+from sasi_scipion.engine.picking import label_decisions, label_picks, pick_tomogram
+from sasi_scipion.engine.postprocess import DEFAULT_COMPONENTS
+from sasi_scipion.engine.thresholds import score_cutoffs
 
 
 def main() -> None:
@@ -78,12 +80,14 @@ def main() -> None:
         for name_of_variant, l2, negatives in variants:
             began = time.perf_counter()
             if l2 is None:  # this code's class votes, no calibration
-                fitted, cutoffs = None, label_cutoffs(model.network, [training], [labels],
-                                                      meta.classes, meta.radii, cpu, None)
+                fitted = None
+                cutoffs = {DEFAULT_COMPONENTS: score_cutoffs(
+                    label_picks(model.network, [training], [labels], meta.classes,
+                                meta.radii, cpu, None), [labels], meta.classes, meta.radii)}
             else:
-                fitted, cutoffs = label_decisions(model.network, [training], [labels],
-                                                  meta.classes, meta.radii, cpu, negatives,
-                                                  calibration_l2=l2)
+                fitted, cutoffs, _ = label_decisions(model.network, [training], [labels],
+                                                     meta.classes, meta.radii, cpu, negatives,
+                                                     calibration_l2=l2)
             calibrated = Model(model.network, dataclasses.replace(
                 meta, score_cutoffs=cutoffs,
                 class_calibration=fitted.as_dict() if fitted else {}))

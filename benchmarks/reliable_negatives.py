@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accuracy import ONE_CLASS_ROWS, ROWS, TRAINING_TOMOGRAM, _sasi, _score, finished_run
-from prototype_filter import encoder_vectors, label_prototypes
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
 from sasi_scipion.engine.device import use_all_cpus
@@ -43,6 +42,7 @@ from sasi_scipion.engine.limits import BACKGROUND_CLASS
 from sasi_scipion.engine.model_file import Model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import normalise
+from sasi_scipion.engine.prototypes import encoder_vectors, fit_prototypes
 
 
 def reliable_negatives(network: torch.nn.Module, volume: np.ndarray, labels: ParticleTable,
@@ -51,12 +51,9 @@ def reliable_negatives(network: torch.nn.Module, volume: np.ndarray, labels: Par
     """The picks (voxels ``(x, y, z)``) unlike every labelled class and far from every
     label, least similar first, as ``BACKGROUND_CLASS`` points (step 2 of the module
     docstring)."""
-    prototypes, similarities = label_prototypes(network, volume, labels)
-    vectors = encoder_vectors(network, volume, picks.xyz)
-    names = list(prototypes)
-    similarity = vectors @ np.stack([prototypes[name] for name in names]).T
-    cut = np.array([np.quantile(similarities[name], quantile) for name in names])
-    unlike = (similarity < cut).all(axis=1)
+    prototypes = fit_prototypes(network, [volume], [labels], list(labels.class_names))
+    similarity = encoder_vectors(network, volume, picks.xyz) @ prototypes.vectors.T
+    unlike = (similarity < prototypes.cutoffs(quantile)).all(axis=1)
     far = np.linalg.norm(picks.xyz[:, None] - labels.xyz[None], axis=2).min(axis=1) > distance
     chosen = np.flatnonzero(unlike & far)
     chosen = chosen[np.argsort(similarity[chosen].max(axis=1))][:limit]
@@ -90,7 +87,7 @@ def main() -> None:
         training_picks = work / f"{stem}_{TRAINING_TOMOGRAM}_picks.tsv"
         _sasi("pick", "--model", str(work / f"{stem}.pt"), "--tomogram",
               str(data / f"{TRAINING_TOMOGRAM}.mrc"), "--out", str(training_picks),
-              "--device", "cpu")
+              "--device", "cpu", "--prototype-filter", "off")
         model = Model.load(work / f"{stem}.pt")
         radii = dict(zip(model.metadata.classes, model.metadata.radii))
         negatives = reliable_negatives(model.network.eval(), training, labels,
