@@ -21,6 +21,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   junk is a false positive);
 - ``sasi+ema``: the same, saving an exponential moving average of the weights
   (``--ema-decay 0.99``, ramping up from the first steps);
+- ``sasi+band-limit``: the same, with half the supervised windows band-limited to
+  up to 1.5 times the voxel size (``--band-limit 1.5``: coarser tomograms);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
@@ -115,6 +117,7 @@ ROWS = {
     "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
+    "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-one-class": [],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],

@@ -57,6 +57,31 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., z : z + size, y : y + size, w : w + size]
 
 
+def band_limit(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
+    """Sample ``b`` of ``x`` ``(B, C, z, y, x)`` with its detail finer than
+    ``factors[b]`` voxels removed: along each axis only the spatial frequencies up
+    to ``0.5 / factors[b]`` cycles per voxel stay (what resampling to a voxel size
+    ``factors[b]`` times coarser and back keeps, ``resample``); then rescaled about
+    its mean to its former standard deviation, as picking normalises a tomogram
+    after resampling it, so that its noise is as strong as before. A factor of 1
+    leaves the sample unchanged. The boundaries wrap (a Fourier filter)."""
+    factors = np.asarray(factors, dtype=np.float64).reshape(-1)
+    out = x.clone()
+    spectrum = None
+    for b in np.flatnonzero(factors > 1.0):
+        if spectrum is None:
+            spectrum = torch.fft.fftn(x.double(), dim=SPATIAL_DIMS)
+        keep = 0.5 / factors[b] + 1e-9
+        masks = [torch.fft.fftfreq(n, dtype=torch.float64).abs() <= keep
+                 for n in x.shape[-3:]]
+        mask = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+        limited = torch.fft.ifftn(spectrum[b] * mask, dim=SPATIAL_DIMS).real
+        mean, spread = limited.mean(), limited.std()
+        scale = x[b].double().std() / spread if spread > 0 else 1.0
+        out[b] = (mean + (limited - mean) * scale).to(x.dtype)
+    return out
+
+
 def random_flips(x: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
     """Flip sample ``b`` of ``x`` along spatial axis ``a`` where ``flips[b, a]`` (z, y, x order)."""
     out = x.clone()

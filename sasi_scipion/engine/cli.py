@@ -71,6 +71,7 @@ FLAGS = {
     "prototype_filter": "--prototype-filter", "prototype_quantile": "--prototype-quantile",
     "settings.iterations": "--iterations", "settings.seed": "--seed",
     "settings.learning_rate": "--learning-rate", "settings.ema_decay": "--ema-decay",
+    "settings.band_limit": "--band-limit",
     "settings.batch_size": "--batch-size", "settings.ssl": "--ssl",
 }
 """The flag of each library parameter, which the command's messages name
@@ -252,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-consistency", action="store_true", help="no consistency guidance")
     train.add_argument("--ssl", choices=(SSL_AUTO, *SSL_SCHEDULES), default=SSL_AUTO,
                        help="SimCLR schedule (auto: iss, or none with --pretrained)")
+    train.add_argument("--band-limit", type=float, default=TrainingSettings.band_limit,
+                       metavar="R",
+                       help="band-limit half the training windows to a voxel size up to R "
+                            "times the tomograms' (at random), so that the model also picks "
+                            "coarser tomograms well, e.g. 1.5 (default 1: off)")
     _training_options(train)
 
     pick = sub.add_parser("pick", help="find particles in a tomogram")

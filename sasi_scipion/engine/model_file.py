@@ -264,7 +264,9 @@ def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[s
     contrast, how many labelled particles its class calibration was fitted on (``None``:
     no calibration), the fraction of each class's labels it finds again in its training
     tomograms (``label_recall``, ``None`` when unknown), whether it has label prototypes
-    (``prototypes``), parameter count (weights and buffers) and engine version."""
+    (``prototypes``), which batch-norm statistics it keeps (``training_run.final_decisions``;
+    ``None`` when unknown or without batch normalisation), parameter count (weights and
+    buffers) and engine version."""
     return {"arch": meta.arch, "classes": meta.classes, "radii": meta.radii,
             "window": meta.window, "voxel_size": meta.voxel_size,
             "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
@@ -273,6 +275,7 @@ def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[s
             "label_recall": (dict(zip(meta.classes, meta.label_recall))
                              if meta.label_recall else None),
             "label_prototypes": bool(meta.label_prototypes),
+            "batch_norm_statistics": meta.settings.get("batch_norm_statistics"),
             "parameters": int(sum(t.numel() for t in state.values())),
             "engine_version": meta.engine_version}
 

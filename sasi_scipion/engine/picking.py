@@ -246,7 +246,7 @@ def pick_tomogram(
         SasiInputError: naming the input and the fix.
     """
     if not 0.0 <= prototype_quantile <= 1.0:
-        raise SasiInputError(f"{input_name('prototype_quantile')} {prototype_quantile}: "
+        raise SasiInputError(f"{input_name('prototype_quantile')} {prototype_quantile:g}: "
                              "give a quantile from 0 to 1")
     meta = model.metadata
     prototypes = model_prototypes(meta, prototype_filter, model_name)

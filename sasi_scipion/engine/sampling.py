@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .augment import center_crop, random_flips, rotate_about_z
+from .augment import band_limit, center_crop, random_flips, rotate_about_z
 from .coordinates import ParticleTable
 from .limits import context_size
 
@@ -32,6 +32,10 @@ def crop_padded(volume: np.ndarray, centre_zyx: Sequence[int], size: int) -> np.
     return out
 
 
+BAND_LIMITED_SHARE = 0.5
+"""Share of the supervised windows band-limited when ``band_limit`` is above 1."""
+
+
 class SupervisedSampler:
     """Class-balanced windows around labelled particles (method card item 2).
 
@@ -40,7 +44,11 @@ class SupervisedSampler:
     shifted uniformly within ±50 % of W; a ``context_size(W)`` crop is rotated
     about z by a uniform angle and cropped back to W (no fill values); then
     flipped at random along each axis. The
-    label map goes through the same shift, rotation (nearest) and flips.
+    label map goes through the same shift, rotation (nearest) and flips. With
+    ``band_limit`` R > 1, each window is band-limited (``augment.band_limit``, before
+    the rotation) with probability ``BAND_LIMITED_SHARE`` to a voxel size uniformly
+    between 1 and R times the training one's, so that the net also learns the
+    particles as coarser tomograms show them (the label map is unchanged).
 
     Args:
         volumes: normalised tomograms ``(z, y, x)``.
@@ -51,15 +59,18 @@ class SupervisedSampler:
         negatives: labelled points that are not particles, per tomogram, voxels
             ``(x, y, z)`` (their windows keep the label map's values: background
             unless a labelled particle reaches into them); ``None`` or empty: none.
+        band_limit: largest voxel-size ratio of the band-limited windows (1: none).
     """
 
     def __init__(self, volumes: Sequence[np.ndarray], label_maps: Sequence[np.ndarray],
                  particles: Sequence[ParticleTable], class_names: Sequence[str],
-                 window: int = 24, negatives: Sequence[ParticleTable] | None = None) -> None:
+                 window: int = 24, negatives: Sequence[ParticleTable] | None = None,
+                 band_limit: float = 1.0) -> None:
         self.volumes = list(volumes)
         self.label_maps = list(label_maps)
         self.window = window
         self.context = context_size(window)
+        self.band_limit = band_limit
         self.centres: list[list[tuple[int, np.ndarray]]] = []
         for name in class_names:
             entries = [
@@ -89,6 +100,9 @@ class SupervisedSampler:
         flips = rng.integers(0, 2, size=(batch, 3))
         x = torch.from_numpy(np.stack(xs)[:, None])
         y = torch.from_numpy(np.stack(ys)[:, None].astype(np.float32))
+        if self.band_limit > 1.0:  # no draw otherwise: the same windows as without
+            limited = rng.random(batch) < BAND_LIMITED_SHARE
+            x = band_limit(x, np.where(limited, rng.uniform(1.0, self.band_limit, batch), 1.0))
         x = random_flips(center_crop(rotate_about_z(x, angles), self.window), flips)
         y = random_flips(center_crop(rotate_about_z(y, angles, "nearest"), self.window), flips)
         return x.contiguous(), y[:, 0].round().long().contiguous()

@@ -33,7 +33,14 @@ from torch.optim.swa_utils import AveragedModel
 
 from .augment import center_crop, random_exact_transform
 from .checkpoint import evolving_state, restore_state
-from .defaults import BATCH_SIZE, DEFAULT_ITERATIONS, WINDOW, SslSchedule, TrainingPrecision
+from .defaults import (
+    BATCH_SIZE,
+    DEFAULT_ITERATIONS,
+    MAX_RESAMPLING_FACTOR,
+    WINDOW,
+    SslSchedule,
+    TrainingPrecision,
+)
 from .distributed import ALONE, Replica
 from .errors import SasiWarning, input_name
 from .infill import volume_infill
@@ -106,6 +113,10 @@ class TrainingSettings:
             weights with this decay (0: the last weights); the decay ramps up
             as ``min(decay, (1 + n) / (10 + n))`` after ``n`` averaged steps, so
             the initial weights fade quickly.
+        band_limit: half the supervised windows are band-limited to a voxel size up
+            to this many times the training one's (``sampling.SupervisedSampler``), so
+            that the model also picks coarser tomograms resampled to its voxel size;
+            1 (default): none.
     """
 
     iterations: int | None = None
@@ -125,6 +136,7 @@ class TrainingSettings:
     seed: int = 0
     precision: TrainingPrecision = "fp32"
     ema_decay: float = 0.0
+    band_limit: float = 1.0
 
     def for_device(self, device_type: str) -> TrainingSettings:
         """These settings with the default budget of ``device_type`` (``"cpu"``,
@@ -143,6 +155,7 @@ class TrainingSettings:
             or seed_problem(self.seed)
             or finite_problem(name("learning_rate"), self.learning_rate, 0.0, low_open=True)
             or finite_problem(name("ema_decay"), self.ema_decay, 0.0, 0.9999)
+            or finite_problem(name("band_limit"), self.band_limit, 1.0, MAX_RESAMPLING_FACTOR)
             or (None if self.batch_size >= 1 else
                 f"{name('batch_size')} {self.batch_size}: give a positive whole number")
         )
@@ -216,7 +229,8 @@ class SaSiTrainer:
         window = settings.window
         self.supervised = (
             SupervisedSampler(data.volumes, data.label_maps, data.particles, data.class_names,
-                              window=window, negatives=data.negatives)
+                              window=window, negatives=data.negatives,
+                              band_limit=settings.band_limit)
             if data is not None else None
         )
         self.unlabelled = UnlabelledSampler(unlabelled, window=window, stride=window // 2)

@@ -10,6 +10,7 @@ import torch
 
 from sasi_scipion.engine.augment import (
     ExactTransform,
+    band_limit,
     center_crop,
     random_exact_transform,
     rotate_about_z,
@@ -108,6 +109,36 @@ def test_supervised_windows_keep_volume_and_labels_aligned(labelled_volume) -> N
     agreement = (x[:, 0].round().long() == y)[crisp].float().mean()
     assert agreement > 0.97
     assert (y > 0).any(dim=(1, 2, 3)).float().mean() > 0.5  # windows near particles
+
+
+def test_band_limit_keeps_coarse_detail_and_removes_fine_detail() -> None:
+    """A wave of 8 voxels per cycle survives a factor of 2 (cut-off 4 voxels per
+    cycle), one of 3 voxels per cycle goes, and what stays is scaled back to the
+    sample's spread (two unit waves: sqrt 2); a factor of 1 changes nothing."""
+    x = torch.arange(24, dtype=torch.float64)
+    slow, fast = torch.cos(2 * math.pi * x / 8), torch.cos(2 * math.pi * x / 3)
+    volume = (slow + fast).expand(2, 1, 24, 24, 24).float()
+    out = band_limit(volume, np.array([1.0, 2.0]))
+    assert torch.equal(out[0], volume[0])
+    np.testing.assert_allclose(out[1, 0, 5, 7].numpy(), math.sqrt(2) * slow.numpy(), atol=1e-5)
+    assert float(out[1].std()) == pytest.approx(float(volume[1].std()), rel=1e-5)
+    assert out.dtype == volume.dtype and out.shape == volume.shape
+
+
+def test_band_limited_windows_are_the_same_windows_with_less_detail(labelled_volume) -> None:
+    """With ``band_limit`` 2, the same draws give the same label maps; about half the
+    windows lose detail (their sharp label edges), the others are unchanged."""
+    volume, labels, particles = labelled_volume
+    plain = SupervisedSampler([volume], [labels], [particles], ["a", "b"], window=24)
+    limited = SupervisedSampler([volume], [labels], [particles], ["a", "b"], window=24,
+                                band_limit=2.0)
+    x, y = plain.sample(40, np.random.default_rng(5))
+    xb, yb = limited.sample(40, np.random.default_rng(5))
+    assert torch.equal(y, yb)
+    changed = (xb - x).abs().amax(dim=(1, 2, 3, 4)) > 1e-4
+    assert 10 <= int(changed.sum()) <= 30
+    edges = [float((v[:, 0].diff(dim=-1) ** 2).mean()) for v in (x[changed], xb[changed])]
+    assert edges[1] < 0.9 * edges[0]  # less fine detail where band-limited
 
 
 def test_supervised_sampling_is_class_balanced_and_seeded(labelled_volume) -> None:
