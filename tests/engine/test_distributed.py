@@ -68,9 +68,12 @@ def test_two_processes_learn_what_one_learns(runs) -> None:
     with torch.no_grad():
         probs = [torch.softmax(load_model(runs[n][1], torch.device("cpu"))[0](x), 1)
                  for n in (1, 2)]
-    # 1.4e-3 at most on an Intel Emerald Rapids CPU (AMX), under 1e-3 on an AMD Zen 4:
-    # the rounding of those flipped steps depends on the CPU's kernels
-    assert float((probs[0] - probs[1]).abs().max()) < 5e-3
+    # 1.4e-3 at most on an Intel Emerald Rapids CPU (AMX), under 1e-3 on an AMD Zen 4,
+    # with the training steps' batch-norm statistics; 0.015 on an AMD EPYC (family 25
+    # model 1) since training re-estimates them from the final weights (batch_statistics),
+    # which carries those flipped steps into every normalisation: the rounding depends on
+    # the CPU's kernels. A real mismatch moves the losses above.
+    assert float((probs[0] - probs[1]).abs().max()) < 0.03
 
 
 def test_only_rank_zero_writes_and_both_ranks_ran(runs) -> None:

@@ -1,7 +1,9 @@
 """Simulate, train on 5 labels per class, pick and evaluate: the method works.
 
 One small easy data set (procedural shapes, SNR 0.5), trained once for the
-module with every SaSi component on (ISS SimCLR, Volume Infill, consistency).
+module with every SaSi component on (ISS SimCLR, Volume Infill, consistency) and
+half the windows band-limited to up to 1.5 times the voxel size (``--band-limit``),
+so that it also picks the coarser tomograms of the voxel-size test.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = work / "model.pt"
     assert main(["train", "--tomogram", str(data / "tomo_000.mrc"),
                  "--coords", str(work / "labels.tsv"), *radii, "--out", str(model),
-                 "--iterations", str(ITERATIONS), "--seed", "0", "--device", "cpu"]) == 0
+                 "--iterations", str(ITERATIONS), "--seed", "0", "--device", "cpu",
+                 "--band-limit", "1.5"]) == 0
     return {"work": work, "data": data, "model": model}
 
 
@@ -142,7 +145,8 @@ def test_model_file_records_the_run(trained, capsys) -> None:
     assert "loss_cons" not in meta.loss_history[0]
     assert "loss_cons" in meta.loss_history[ITERATIONS // 10]
     assert "loss_cons" not in meta.loss_history[-1]
-    assert meta.settings["labels"] == 15
+    assert meta.settings["labels"] == 15 and meta.settings["band_limit"] == 1.5
+    assert meta.settings["batch_norm_statistics"] == "tomogram"  # three classes
     log = trained["model"].with_suffix(".log.jsonl")
     assert len(log.read_text().splitlines()) == ITERATIONS
     capsys.readouterr()
