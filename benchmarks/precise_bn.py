@@ -16,7 +16,7 @@ test tomograms picked with ``sasi pick``'s defaults (the prototype filter on for
 one-class model), scored as the harness does.
 
 Usage: python benchmarks/precise_bn.py --report run.json [--variants "as trained" tomogram]
-       [--rows R ...] [--labels N ...] --out out.json
+       [--rows R ...] [--labels N ...] [--seeds S ...] --out out.json
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--rows", nargs="+", help="only these rows of the report")
     parser.add_argument("--labels", nargs="+", type=int, help="only these label counts")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     report, work, data, dataset, tests = finished_run(args.report)
@@ -60,7 +61,7 @@ def main() -> None:
     for entry in report["results"]:
         row, n, seed = entry["row"], entry["labels"], entry["seed"]
         if n is None or (args.rows and row not in args.rows) or (
-                args.labels and n not in args.labels):
+                args.labels and n not in args.labels) or (args.seeds and seed not in args.seeds):
             continue
         one_class = entry["one_class"]["class"] if row in ONE_CLASS_ROWS else None
         labels = read_particles(work / (f"labels_{n}_{seed}_{one_class}.tsv" if one_class

@@ -50,6 +50,22 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def running_statistics(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+    """Copies of the running buffers (mean, variance, batch count) of every batch
+    normalisation of ``model``, in :func:`batch_norms` order, for
+    :func:`restore_running_statistics`; the weights are not copied."""
+    return [{name: buffer.clone() for name, buffer in norm.named_buffers(recurse=False)}
+            for norm in batch_norms(model)]
+
+
+def restore_running_statistics(model: nn.Module,
+                               saved: Sequence[dict[str, torch.Tensor]]) -> None:
+    """Put back the running buffers :func:`running_statistics` copied from ``model``."""
+    for norm, buffers in zip(batch_norms(model), saved, strict=True):
+        for name, value in buffers.items():
+            getattr(norm, name).copy_(value)
+
+
 def picking_statistics(model: nn.Module, volumes: Sequence[np.ndarray], window: int,
                        batch: int, seed: int, device: torch.device) -> int:
     """Re-estimate the running mean and variance of every batch normalisation of

@@ -9,7 +9,6 @@ checkpoints, a log and data-parallel processes. Messages name the inputs as
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
@@ -21,7 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batch_statistics import batch_norms, picking_statistics
+from .batch_statistics import (
+    batch_norms,
+    picking_statistics,
+    restore_running_statistics,
+    running_statistics,
+)
 from .checkpoint import run_fingerprint
 from .contrast import contrast_skew, label_contrast
 from .defaults import BATCH_NORM, DEFAULT_BACKBONE, LOW_LABEL_RECALL, WINDOW, BackboneName
@@ -242,7 +246,7 @@ def final_decisions(model: nn.Module, data: TrainingData, settings: TrainingSett
     if len(data.class_names) > 1:
         reestimate()
         return decide(), "tomogram"
-    own = copy.deepcopy(model.state_dict())
+    own = running_statistics(model)
     first = decide()
     if min(first.label_recall) >= LOW_LABEL_RECALL:
         return first, "training"
@@ -253,7 +257,7 @@ def final_decisions(model: nn.Module, data: TrainingData, settings: TrainingSett
                  "batch-norm statistics and %.0f%% with the whole tomograms': keeping those",
                  100 * min(first.label_recall), 100 * min(second.label_recall))
         return second, "tomogram"
-    model.load_state_dict(own)
+    restore_running_statistics(model, own)
     return first, "training"
 
 

@@ -108,12 +108,16 @@ def test_which_statistics_a_trained_model_keeps(monkeypatch, classes, recalls, k
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.BatchNorm3d(2))
     model[1].running_mean.fill_(3.0)
+    model[1].running_var.fill_(2.0)
+    model[1].num_batches_tracked.fill_(7)
     data = SimpleNamespace(volumes=_volumes(), particles=[], class_names=classes, radii=[],
                            negatives=None)
     decisions, statistics = training_run.final_decisions(
         model, data, TrainingSettings(batch_size=2), CPU)
     assert statistics == kept and decisions.label_recall == recall
     assert bool((model[1].running_mean != 3.0).all()) is changed
+    assert bool((model[1].running_var != 2.0).all()) is changed
+    assert (int(model[1].num_batches_tracked) != 7) is changed
     plain = nn.Sequential(nn.Conv3d(1, 2, 1))
     answers = iter([[0.0]])
     assert training_run.final_decisions(plain, data, TrainingSettings(), CPU)[1] is None

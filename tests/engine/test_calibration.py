@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional
 
 from sasi_scipion.engine import inference, picking
@@ -23,6 +22,8 @@ from sasi_scipion.engine.mrc_io import Volume
 from sasi_scipion.engine.normalize import NORMALISATION, normalise
 from sasi_scipion.engine.picking import label_decisions, pick_tomogram
 from sasi_scipion.engine.postprocess import summarise_probabilities
+
+from .ball_levels import LevelsNet, balls
 
 
 def test_the_fit_learns_a_decision_the_raw_argmax_gets_wrong() -> None:
@@ -102,35 +103,20 @@ def test_model_files_refuse_a_calibration_of_the_wrong_shape() -> None:
     assert ClassCalibration.from_dict({}) is None
 
 
-class SwappedClasses(nn.Module):
+class SwappedClasses(LevelsNet):
     """A fully convolutional stand-in net for normalised volumes of balls of two
     levels over a background level: it finds the balls, but calls those of the
     lower level ``b`` and those of the higher ``a`` (the labels say the reverse)."""
 
     size_multiple = 1
-    receptive_margin = 0
     num_outputs = 3
-
-    def __init__(self, background: float, low: float, high: float) -> None:
-        super().__init__()
-        self.levels = background, low, high
-        self.gain = nn.Parameter(torch.ones(()))  # inference takes the dtype of a weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         background, low, high = self.levels
-        v = (x[:, :1] - low) / (high - low)  # background < 0, low 0, high 1
+        v = self.level_scale(x[:, :1])  # background < 0, low 0, high 1
         edge = (background - low) / (high - low) / 2
         return self.gain * torch.cat([8.0 * (edge - v), -4.0 * (v - 1.0) ** 2, -4.0 * v**2],
                                      dim=1)
-
-
-def _balls(centres: list[tuple[int, int, int]], values: list[float],
-           shape: tuple[int, int, int] = (24, 40, 40), radius: float = 3.0) -> np.ndarray:
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    volume = np.zeros(shape, dtype=np.float32)
-    for centre, value in zip(centres, values):
-        volume[((grid - np.array(centre)) ** 2).sum(-1) <= radius**2] = value
-    return volume
 
 
 def test_training_labels_fix_a_net_that_swaps_two_classes() -> None:
@@ -140,7 +126,7 @@ def test_training_labels_fix_a_net_that_swaps_two_classes() -> None:
     both wrong."""
     names, radii = ["a", "b"], [3.0, 3.0]
     centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8)]
-    training = normalise(_balls(centres, [1, 1, 2, 2]))
+    training = normalise(balls(centres, [1, 1, 2, 2]))
     labels = ParticleTable([c[::-1] for c in centres], ["a", "a", "b", "b"])  # (x, y, z)
     net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
     cpu = torch.device("cpu")
@@ -153,7 +139,7 @@ def test_training_labels_fix_a_net_that_swaps_two_classes() -> None:
                          pretrained_only=False, iterations=1, score_cutoffs=cutoffs,
                          class_calibration=calibration.as_dict())
     # the same histogram as the training volume, so the same normalisation
-    test = Volume(_balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8)], [1, 2, 1, 2]),
+    test = Volume(balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8)], [1, 2, 1, 2]),
                   None)
     for calibrated, expected in [(True, ["a", "b", "a", "b"]), (False, ["b", "a", "b", "a"])]:
         picks = pick_tomogram(Model(net, meta), test, cpu, min_score=0.0,
@@ -170,7 +156,7 @@ def test_background_points_make_a_reject_class_that_drops_lookalike_distractors(
     class, and picking then finds only the four particles, each named right."""
     names, radii = ["a", "b"], [3.0, 3.0]
     centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8), (6, 8, 30), (17, 30, 30)]
-    training = normalise(_balls(centres, [1, 1, 2, 2, 3, 3]))
+    training = normalise(balls(centres, [1, 1, 2, 2, 3, 3]))
     labels = ParticleTable([c[::-1] for c in centres[:4]], ["a", "a", "b", "b"])
     background = ParticleTable([c[::-1] for c in centres[4:]], ["background"] * 2)
     net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
@@ -180,7 +166,7 @@ def test_background_points_make_a_reject_class_that_drops_lookalike_distractors(
                                               [background])
     assert not plain.rejects and calibration.rejects and calibration.labels == 6
     assert calibration_problem(calibration.as_dict(), 2) is None
-    test = Volume(_balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8), (12, 20, 32),
+    test = Volume(balls([(6, 10, 20), (17, 30, 20), (6, 30, 8), (17, 8, 8), (12, 20, 32),
                           (12, 20, 6)], [1, 2, 1, 2, 3, 3]), None)
     found = {}
     for name, fitted in [("plain", plain), ("reject", calibration)]:
@@ -203,7 +189,7 @@ def test_decisions_from_the_tiles_near_the_labels_equal_the_whole_volume(monkeyp
     names, radii = ["a", "b"], [3.0, 3.0]
     centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8)]
     far = [(6, 8, 150), (17, 30, 150), (12, 20, 120)]  # particles nobody labelled
-    training = normalise(_balls(centres + far, [1, 1, 2, 2, 1, 2, 1], shape=(24, 40, 160)))
+    training = normalise(balls(centres + far, [1, 1, 2, 2, 1, 2, 1], shape=(24, 40, 160)))
     labels = ParticleTable([c[::-1] for c in centres], ["a", "a", "b", "b"])
     net = SwappedClasses(training[0, 0, 0], training[6, 8, 8], training[17, 8, 30])
     cpu = torch.device("cpu")

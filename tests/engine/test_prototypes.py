@@ -31,6 +31,8 @@ from sasi_scipion.engine.prototypes import (
     prototypes_problem,
 )
 
+from .ball_levels import LevelsNet, balls
+
 CPU = torch.device("cpu")
 
 
@@ -103,22 +105,16 @@ def test_the_filter_is_on_for_one_class_models_by_default() -> None:
     assert not prototypes_apply("auto", 1, False)
 
 
-class TwoLevels(nn.Module):
+class TwoLevels(LevelsNet):
     """A stand-in one-class net for normalised volumes of balls of two levels: it calls
     every ball (either level) a particle, while its 'encoder' tells the levels apart
     (4-voxel cells: the share of voxels near each level, and a constant)."""
 
     size_multiple = 4
-    receptive_margin = 0
     num_outputs = 2
     fixed_window = None
     embedding_stride = 4
     embedding_channels = 3
-
-    def __init__(self, background: float, low: float, high: float) -> None:
-        super().__init__()
-        self.levels = background, low, high
-        self.gain = nn.Parameter(torch.ones(()))  # inference takes the dtype of a weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         background, low, _ = self.levels
@@ -126,18 +122,9 @@ class TwoLevels(nn.Module):
         return self.gain * torch.cat([torch.zeros_like(v), 8.0 * (v - 0.5)], dim=1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        _, low, high = self.levels
-        near = [(torch.abs(x - level) < 0.25 * (high - low)).float() for level in (low, high)]
+        near = [(torch.abs(self.level_scale(x) - level) < 0.25).float() for level in (0, 1)]
         cells = torch.cat([*near, 0.05 * torch.ones_like(x)], dim=1)
         return nn.functional.avg_pool3d(cells, 4)
-
-
-def _balls(centres, levels, radii, shape=(32, 48, 64)) -> np.ndarray:
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    volume = np.zeros(shape, dtype=np.float32)
-    for centre, level, radius in zip(centres, levels, radii):
-        volume[((grid - np.array(centre)) ** 2).sum(-1) <= radius**2] = level
-    return volume
 
 
 def _meta(classes, **fields) -> ModelMetadata:
@@ -147,6 +134,7 @@ def _meta(classes, **fields) -> ModelMetadata:
                          **fields)
 
 
+SHAPE = (32, 48, 64)
 LEVELS = [1, 1, 1, 1, 2, 2]
 RADII = [2.5, 3.0, 3.5, 4.0, 3.0, 3.5]
 
@@ -157,13 +145,13 @@ def test_a_one_class_model_keeps_the_picks_like_its_labels() -> None:
     with its label prototypes (``auto`` for one class) it keeps only the four of the
     labelled level, at their centres; ``off`` keeps all six."""
     centres = [(8, 10, 10), (8, 36, 50), (22, 12, 52), (22, 36, 12), (8, 24, 30), (22, 24, 32)]
-    training = normalise(_balls(centres, LEVELS, RADII))
+    training = normalise(balls(centres, LEVELS, RADII, SHAPE))
     net = TwoLevels(training[0, 0, 0], training[8, 10, 10], training[8, 24, 30])
     labels = ParticleTable([c[::-1] for c in centres[:4]], ["a"] * 4)
     prototypes = fit_prototypes(net, [training], [labels], ["a"])
     meta = _meta(["a"], label_prototypes=prototypes.as_dict())
     moved = [(9, 12, 40), (22, 10, 24), (9, 34, 12), (21, 36, 48), (10, 22, 56), (21, 26, 8)]
-    test = Volume(_balls(moved, LEVELS, RADII), None)  # the same histogram: same levels
+    test = Volume(balls(moved, LEVELS, RADII, SHAPE), None)  # the same histogram: same levels
     found = {}
     for setting in ("auto", "off"):
         picks = pick_tomogram(Model(net, meta), test, CPU, min_score=0.0,
