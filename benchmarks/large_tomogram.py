@@ -6,12 +6,15 @@ few hundred dense spheres (picking finds particles, post-processing has work), n
 a simulation. Each command runs in a fresh process, whose peak resident memory a
 wrapper process reads (``ru_maxrss`` of its only child). ``pick`` runs with the given
 model at its own voxel size and, with ``--resampled``, once more with the
-tomogram's header at 0.8 times the model's voxel size (a finer tomogram, resampled
-on the fly to the model's coarser grid);
+tomogram's header at ``--resampled-factor`` times the model's voxel size (default
+0.8: a finer tomogram, resampled on the fly to the model's coarser grid; 0.5 is a
+tomogram binned half as much as the model's data, whose segmentation takes an
+eighth of the native one's time);
 ``train`` runs ``--iterations`` steps with the labels of 10 of the spheres.
 
 Usage: python benchmarks/large_tomogram.py --model M.pt --work DIR
-       [--shape 300,1024,1024] [--iterations 5] [--resampled] --out results.json
+       [--shape 300,1024,1024] [--iterations 5] [--resampled [--resampled-factor F]]
+       --out results.json
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ SPHERES = 400
 SPHERE_RADIUS = 6
 """Their radius, voxels."""
 RESAMPLED_FACTOR = 0.8
-"""Header voxel size over the model's for the resampled pick."""
+"""Header voxel size over the model's for the resampled pick (default)."""
 
 
 def _tomogram(path: Path, shape: tuple[int, int, int], voxel_size: float,
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("--shape", default="300,1024,1024")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--resampled", action="store_true")
+    parser.add_argument("--resampled-factor", type=float, default=RESAMPLED_FACTOR,
+                        help="header voxel size of the resampled pick's tomogram over the "
+                             "model's (default %(default)s)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
@@ -107,7 +113,7 @@ def main() -> None:
                     "--out", str(args.work / "picks.tsv"), "--device", "cpu"])
     if args.resampled:
         fine = args.work / "large_fine.mrc"
-        _tomogram(fine, shape, meta.voxel_size * RESAMPLED_FACTOR, np.random.default_rng(0))
+        _tomogram(fine, shape, meta.voxel_size * args.resampled_factor, np.random.default_rng(0))
         record("pick_resampled", ["pick", "--model", args.model, "--tomogram", str(fine),
                                   "--out", str(args.work / "picks_fine.tsv"), "--device", "cpu"])
         fine.unlink()

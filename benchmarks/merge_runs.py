@@ -5,7 +5,10 @@ For seeds or label counts run in separate calls of ``accuracy.py`` (or rescored 
 ``recalibrate.py``) on the same data. ``--rename OLD=NEW`` gives a row another name
 first (a rescored run's row under the name the harness gives it), ``--rows`` keeps only
 the named rows (after renaming). A seed that two reports hold for the same row, N and
-pick mode is refused: one of them would count twice.
+pick mode is refused: one of them would count twice. A ``precise_bn.py`` report counts
+with its ``tomogram`` rows only: the same weights with the statistics training now
+re-estimates after its last step (a fresh training reproduces them exactly;
+``RESULTS.md``).
 
 Usage: python benchmarks/merge_runs.py A.json B.json ... [--rename OLD=NEW ...]
        [--rows sasi ...] --out merged.json
@@ -21,6 +24,15 @@ from pathlib import Path
 from accuracy import summarise
 
 
+def report_results(report: dict) -> list[dict]:
+    """The scored rows of an ``accuracy.py`` report, or the ``tomogram`` rows of a
+    ``precise_bn.py`` report (without its ``statistics`` field)."""
+    if "results" in report:
+        return report["results"]
+    return [{k: v for k, v in row.items() if k != "statistics"}
+            for row in report["rows"] if row["statistics"] == "tomogram"]
+
+
 def merge(reports: list[dict], renames: dict[str, str], rows: list[str] | None) -> list[dict]:
     """The results of ``reports``, rows renamed by ``renames`` and kept when in ``rows``
     (``None``: every row).
@@ -30,7 +42,7 @@ def merge(reports: list[dict], renames: dict[str, str], rows: list[str] | None) 
     """
     results, seen = [], set()
     for report in reports:
-        for result in report["results"]:
+        for result in report_results(report):
             result = {**result, "row": renames.get(result["row"], result["row"])}
             if rows is not None and result["row"] not in rows:
                 continue
