@@ -26,10 +26,11 @@ from accuracy import summarise
 
 def report_results(report: dict) -> list[dict]:
     """The scored rows of an ``accuracy.py`` report, or the ``tomogram`` rows of a
-    ``precise_bn.py`` report (without its ``statistics`` field)."""
+    ``precise_bn.py`` report (without its ``statistics`` field; picked tiled, as
+    ``sasi pick`` does by default)."""
     if "results" in report:
         return report["results"]
-    return [{k: v for k, v in row.items() if k != "statistics"}
+    return [{"pick_mode": "tiled", **{k: v for k, v in row.items() if k != "statistics"}}
             for row in report["rows"] if row["statistics"] == "tomogram"]
 
 
