@@ -2,8 +2,9 @@
 
 For every learned multi-class model of a finished ``accuracy.py`` report (the
 harness's own pick files of its test tomograms, no picking again), each true
-particle a pick hits (the SHREC 2021 occupancy rule, best-scoring pick first, one
-hit per particle, unscored classes left out) adds one to ``confusion[true][called]``;
+particle a pick hits (the SHREC 2021 occupancy rule with ``metrics``' own voxel
+lookup and pick order: best-scoring pick first, one hit per particle, unscored
+classes left out) adds one to ``confusion[true][called]``;
 a particle no pick hits adds one to ``confusion[true]["missed"]``.
 
 With ``--neighbourhood`` it also tries a class decision from the neighbourhood of
@@ -41,7 +42,7 @@ from accuracy import ONE_CLASS_ROWS, TRAINING_TOMOGRAM, _score, finished_run
 from sasi_scipion.engine.calibration import fit_calibration
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles
 from sasi_scipion.engine.device import use_all_cpus
-from sasi_scipion.engine.metrics import dilate_occupancy
+from sasi_scipion.engine.metrics import _pick_order, _voxel_ids, dilate_occupancy
 from sasi_scipion.engine.model_file import Model
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.picking import model_cutoffs, segment_tomogram
@@ -66,12 +67,9 @@ def confusion(picks: dict[str, ParticleTable], data: Path, tests: list[str],
         occupancy = dilate_occupancy(read_volume(data / f"{name}_occupancy.mrc",
                                                  check_values=False).data.astype(np.int64))
         table_picks = picks[name]
-        zyx = np.floor(table_picks.xyz[:, ::-1] + 0.5).astype(int)
-        inside = np.all((zyx >= 0) & (zyx < occupancy.shape), axis=1)
-        ids = np.zeros(len(zyx), dtype=np.int64)
-        ids[inside] = occupancy[tuple(zyx[inside].T)]
+        ids = _voxel_ids(table_picks, occupancy)
         hit: set[int] = set()
-        for i in np.argsort(-table_picks.scores, kind="stable"):
+        for i in _pick_order(table_picks):
             row = int(ids[i]) - 1
             if row < 0 or row in hit or truth.classes[row] not in table:
                 continue
@@ -103,6 +101,8 @@ class Neighbourhoods:
                            0.5 * self.radii.max())
 
     def features(self, zyx: np.ndarray, feature_set: str) -> np.ndarray:
+        """``(n, F)`` features of ``feature_set`` at the ``(n, 3)`` points ``zyx``
+        (voxels, rounded): 3 K vote shares, K fills, or both."""
         classes = len(self.radii)
         rows = []
         for z, y, x in np.floor(zyx + 0.5).astype(int):
