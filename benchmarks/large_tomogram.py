@@ -12,9 +12,11 @@ tomogram binned half as much as the model's data, whose segmentation takes an
 eighth of the native one's time);
 ``train`` runs ``--iterations`` steps with the labels of 10 of the spheres.
 
+``--runs`` chooses among them (default all three).
+
 Usage: python benchmarks/large_tomogram.py --model M.pt --work DIR
        [--shape 300,1024,1024] [--iterations 5] [--resampled [--resampled-factor F]]
-       --out results.json
+       [--runs pick train] --out results.json
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SPHERES = 400
 """Dense spheres planted in the noise tomogram."""
 SPHERE_RADIUS = 6
 """Their radius, voxels."""
+RUNS = ("pick", "pick_resampled", "train")
+"""The commands measured, by their report names."""
 RESAMPLED_FACTOR = 0.8
 """Header voxel size over the model's for the resampled pick (default)."""
 
@@ -92,6 +96,9 @@ def main() -> None:
     parser.add_argument("--resampled-factor", type=float, default=RESAMPLED_FACTOR,
                         help="header voxel size of the resampled pick's tomogram over the "
                              "model's (default %(default)s)")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                        help="which commands to measure (default all; pick_resampled "
+                             "also needs --resampled)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
@@ -109,19 +116,21 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # as results come
         print(name, report["runs"][name], file=sys.stderr)
 
-    record("pick", ["pick", "--model", args.model, "--tomogram", str(tomogram),
-                    "--out", str(args.work / "picks.tsv"), "--device", "cpu"])
-    if args.resampled:
+    if "pick" in args.runs:
+        record("pick", ["pick", "--model", args.model, "--tomogram", str(tomogram),
+                        "--out", str(args.work / "picks.tsv"), "--device", "cpu"])
+    if args.resampled and "pick_resampled" in args.runs:
         fine = args.work / "large_fine.mrc"
         _tomogram(fine, shape, meta.voxel_size * args.resampled_factor, np.random.default_rng(0))
         record("pick_resampled", ["pick", "--model", args.model, "--tomogram", str(fine),
                                   "--out", str(args.work / "picks_fine.tsv"), "--device", "cpu"])
         fine.unlink()
-    labels = args.work / "labels.tsv"
-    write_particles(labels, ParticleTable(centres[:10], ["sphere"] * 10))
-    record("train", ["train", "--tomogram", str(tomogram), "--coords", str(labels),
-                     "--radius", str(SPHERE_RADIUS), "--out", str(args.work / "m.pt"),
-                     "--iterations", str(args.iterations), "--device", "cpu"])
+    if "train" in args.runs:
+        labels = args.work / "labels.tsv"
+        write_particles(labels, ParticleTable(centres[:10], ["sphere"] * 10))
+        record("train", ["train", "--tomogram", str(tomogram), "--coords", str(labels),
+                         "--radius", str(SPHERE_RADIUS), "--out", str(args.work / "m.pt"),
+                         "--iterations", str(args.iterations), "--device", "cpu"])
     print(Path(args.out).read_text())
 
 

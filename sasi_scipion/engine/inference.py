@@ -30,15 +30,13 @@ from torch.nn import functional
 from .calibration import ClassCalibration
 from .defaults import PRECISIONS, Precision
 from .models.backbone import Backbone, RegionDecoder
-from .postprocess import Segmentation, summarise_probabilities
+from .postprocess import Box, Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
 ProgressCallback = Callable[[int, int], None]
 LogProbabilitySink = Callable[[torch.Tensor, tuple[slice, ...]], None]
 """Receives the log-probabilities ``(K+1, dz, dy, dx)`` of a region of the volume and
 the region (absolute half-open slices ``(z, y, x)``)."""
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-"""``((z0, z1), (y0, y1), (x0, x1))``: a box in voxels, half-open."""
 MAX_TILE_VOXELS = {"cpu": 8_000_000, "cuda": 16_000_000}
 """Default largest tile (input voxels, margins included) per device type."""
 DECODE_SHARE = 2
@@ -264,15 +262,9 @@ def segment_tiled(
                                calibration=calibration,
                                log_probability_sink=log_probability_sink)
     precision = resolve_precision(precision, device)
+    budget = _tile_budget(device, max_tile_voxels)
+    plan = _region_plan(model, volume.shape, budget, regions)
     model = _prepare(model, device, precision)
-    multiple = model.size_multiple
-    margin = _round_up(model.receptive_margin, multiple)
-    budget = max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
-    plan = plan_tiles(volume.shape, margin, multiple, budget)
-    if regions is not None:
-        plan = [(inputs, cores) for inputs, cores in plan
-                if any(all(c.start < hi and lo < c.stop for c, (lo, hi) in zip(cores, box))
-                       for box in regions)]
     maps = [np.zeros(volume.shape, dtype=dtype) for dtype in (np.uint8, np.float16, np.float16)]
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)
@@ -290,6 +282,39 @@ def segment_tiled(
         if progress:
             progress(done, len(plan))
     return Segmentation(*maps)
+
+
+def _tile_budget(device: torch.device, max_tile_voxels: int | None) -> int:
+    """The largest tile (input voxels): ``max_tile_voxels``, else the device type's default."""
+    return max_tile_voxels or MAX_TILE_VOXELS.get(device.type, MAX_TILE_VOXELS["cpu"])
+
+
+def _region_plan(model: Backbone, shape_zyx: tuple[int, ...], budget: int,
+                 regions: Sequence[Box] | None
+                 ) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """``segment_tiled``'s tiles (``plan_tiles``) of a volume of ``shape_zyx``: those
+    whose core meets one of ``regions``, or all of them (``regions`` ``None``)."""
+    multiple = model.size_multiple
+    margin = _round_up(model.receptive_margin, multiple)
+    plan = plan_tiles(shape_zyx, margin, multiple, budget)  # type: ignore[arg-type]
+    if regions is None:
+        return plan
+    return [(inputs, cores) for inputs, cores in plan
+            if any(all(c.start < hi and lo < c.stop for c, (lo, hi) in zip(cores, box))
+                   for box in regions)]
+
+
+def segmented_boxes(model: Backbone, shape_zyx: tuple[int, ...], device: torch.device,
+                    regions: Sequence[Box], max_tile_voxels: int | None = None) -> list[Box]:
+    """The boxes (voxels ``(z, y, x)``, clipped to the volume) that ``segment_tiled``
+    with these ``regions`` (and ``max_tile_voxels``) computes: the cores of the tiles
+    that meet them, or the whole volume for a net with a ``fixed_window``; the rest
+    of its maps is background."""
+    if getattr(model, "fixed_window", None):
+        return [((0, shape_zyx[0]), (0, shape_zyx[1]), (0, shape_zyx[2]))]
+    plan = _region_plan(model, shape_zyx, _tile_budget(device, max_tile_voxels), regions)
+    return [((c[0].start, min(c[0].stop, shape_zyx[0])), (c[1].start, min(c[1].stop, shape_zyx[1])),
+             (c[2].start, min(c[2].stop, shape_zyx[2]))) for _, c in plan]
 
 
 def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[tuple[int, ...]]:

@@ -31,11 +31,23 @@ from .defaults import (
     PrototypeFilter,
 )
 from .errors import SasiInputError, SasiWarning, input_name
-from .inference import Box, ProgressCallback, segment_sliding, segment_tiled
+from .inference import (
+    Box,
+    ProgressCallback,
+    segment_sliding,
+    segment_tiled,
+    segmented_boxes,
+)
 from .model_file import Model, ModelMetadata
 from .mrc_io import TomogramInput, Volume, load_tomogram, tomogram_source
 from .normalize import NORMALISATION, normalise
-from .postprocess import DEFAULT_COMPONENTS, Segmentation, extract_particles, peak_search_reach
+from .postprocess import (
+    DEFAULT_COMPONENTS,
+    Segmentation,
+    extract_particles,
+    extract_particles_in,
+    peak_search_reach,
+)
 from .prototypes import LabelPrototypes, prototypes_apply
 from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
 from .thresholds import label_recall, score_cutoffs
@@ -331,12 +343,17 @@ def label_picks(model: nn.Module, volumes: Sequence[np.ndarray],
     the network's classes) near the labels of each normalised training volume (the
     arguments of :func:`label_decisions`), from which the score cut-offs
     (``thresholds.score_cutoffs``) and the label recall (``thresholds.label_recall``)
-    are taken."""
-    return [extract_particles(
-        segment_tiled(model, volume, device, calibration=calibration,
-                      regions=label_regions(table.xyz[:, ::-1], volume.shape, radii)),
-        class_names, radii, components=DEFAULT_COMPONENTS)
-        for volume, table in zip(volumes, labels)]
+    are taken. Only the segmented tiles are post-processed
+    (``postprocess.extract_particles_in``): the same picks as the whole volume's."""
+    picks = []
+    for volume, table in zip(volumes, labels):
+        regions = label_regions(table.xyz[:, ::-1], volume.shape, radii)
+        segmentation = segment_tiled(model, volume, device, calibration=calibration,
+                                     regions=regions)
+        picks.append(extract_particles_in(
+            segmentation, segmented_boxes(model, volume.shape, device, regions),
+            class_names, radii, components=DEFAULT_COMPONENTS))
+    return picks
 
 
 def label_regions(centres_zyx: np.ndarray, shape_zyx: tuple[int, ...],

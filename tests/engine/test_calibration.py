@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from sasi_scipion.engine import inference, picking
+from sasi_scipion.engine import inference, picking, postprocess
 from sasi_scipion.engine.calibration import (
     ClassCalibration,
     SphereMeans,
@@ -184,8 +184,8 @@ def test_background_points_make_a_reject_class_that_drops_lookalike_distractors(
 
 def test_decisions_from_the_tiles_near_the_labels_equal_the_whole_volume(monkeypatch) -> None:
     """On a long volume whose labels lie at one end, the calibration and the cut-offs
-    segment only the tiles that meet the labels' regions, and come out as when every
-    tile is segmented."""
+    segment and post-process only the tiles that meet the labels' regions, and come
+    out as when every tile is segmented and the whole volume post-processed."""
     names, radii = ["a", "b"], [3.0, 3.0]
     centres = [(6, 8, 8), (6, 30, 30), (17, 8, 30), (17, 30, 8)]
     far = [(6, 8, 150), (17, 30, 150), (12, 20, 120)]  # particles nobody labelled
@@ -197,13 +197,19 @@ def test_decisions_from_the_tiles_near_the_labels_equal_the_whole_volume(monkeyp
     tiles = []
     monkeypatch.setattr(net, "forward", lambda x, forward=net.forward: (
         tiles.append(x.shape), forward(x))[1])
+    processed = []
+    monkeypatch.setattr(postprocess, "extract_particles", lambda segmentation, *args,
+                        extract=postprocess.extract_particles, **kwargs: (
+        processed.append(segmentation.labels.size), extract(segmentation, *args, **kwargs))[1])
     near = label_decisions(net, [training], [labels], names, radii, cpu)
-    near_tiles = len(tiles)
+    near_tiles, near_voxels = len(tiles), sum(processed)
     monkeypatch.setattr(picking, "label_regions",
                         lambda centres, shape, radii: [tuple((0, n) for n in shape)])
     tiles.clear()
+    processed.clear()
     whole = label_decisions(net, [training], [labels], names, radii, cpu)
     assert len(tiles) == 16 and near_tiles < 10  # two passes of 8 tiles
+    assert processed == [training.size] and near_voxels < 0.6 * training.size
     assert near[1] == whole[1] and near[1]["peaks"][0] > 0
     np.testing.assert_array_equal(near[0].weight, whole[0].weight)
     np.testing.assert_array_equal(near[0].bias, whole[0].bias)

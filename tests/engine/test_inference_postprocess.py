@@ -19,6 +19,7 @@ from sasi_scipion.engine.inference import (
     resolve_precision,
     segment_sliding,
     segment_tiled,
+    segmented_boxes,
     split_box,
 )
 from sasi_scipion.engine.masks import sphere_label_volume
@@ -29,6 +30,9 @@ from sasi_scipion.engine.postprocess import (
     Segmentation,
     _peak_particles,
     extract_particles,
+    extract_particles_in,
+    extraction_reach,
+    isolated_boxes,
     peak_candidates,
 )
 from sasi_scipion.engine.progress import ProgressLog
@@ -358,6 +362,66 @@ def test_peak_particles_match_the_scan_of_every_voxel_and_kept_peak(seed: int) -
     assert np.array_equal(np.array([p for _, p, _ in found]),
                           np.array([p for _, p, _ in expected]))
     assert [s for _, _, s in found] == [s for _, _, s in expected]
+
+
+def test_isolated_boxes_grow_clip_and_merge_chains_of_overlaps() -> None:
+    """A meets B once both grow by 2, B meets C, D stays alone; growth stops at the faces."""
+    a, b = ((0, 4), (0, 4), (0, 4)), ((0, 4), (0, 4), (7, 10))
+    c, d = ((0, 4), (6, 9), (12, 15)), ((10, 12), (20, 22), (0, 2))
+    merged = isolated_boxes([a, d, c, b], 2, (12, 30, 30))
+    assert sorted(merged) == [((0, 6), (0, 11), (0, 17)), ((8, 12), (18, 24), (0, 4))]
+    assert isolated_boxes([], 2, (12, 30, 30)) == []
+
+
+@pytest.mark.parametrize("components", COMPONENT_MODES)
+def test_particles_in_regions_equal_the_whole_volume_ones(components) -> None:
+    """A crowded, noisy segmentation of three classes that is background outside four
+    regions (cutting particles, two of them touching, one at a face):
+    post-processing only the regions' crops gives the whole volume's particles
+    (classes and scores bit for bit, centres to float rounding: a crop's centroids are
+    taken in its own voxels) in the same order, in every component mode."""
+    rng = np.random.default_rng(3)
+    shape = (36, 60, 160)
+    radii = [3.0, 4.5, 6.5]
+    truth = ParticleTable(rng.uniform(0, 1, (280, 3)) * [160, 60, 36],
+                          rng.choice(["a", "b", "c"], 280))
+    labels = sphere_label_volume(shape, truth, ["a", "b", "c"], radii)
+    speckle = rng.random(shape) < 0.02
+    labels[speckle] = rng.integers(1, 4, int(speckle.sum()))
+    foreground = np.clip((labels > 0) * 0.7 + 0.4 * rng.random(shape), 0, 1)
+    scores = 0.5 + 0.5 * rng.random(shape)
+    regions = [((0, 14), (5, 25), (3, 22)), ((10, 30), (8, 28), (22, 40)),
+               ((20, 36), (40, 60), (125, 160)), ((4, 18), (40, 55), (75, 90))]
+    inside = np.zeros(shape, dtype=bool)
+    for box in regions:
+        inside[tuple(slice(lo, hi) for lo, hi in box)] = True
+    segmentation = Segmentation(np.where(inside, labels, 0).astype(np.uint8),
+                                np.where(inside, scores, 0).astype(np.float16),
+                                np.where(inside, foreground, 0).astype(np.float16))
+    names = ["a", "b", "c"]
+    assert len(isolated_boxes(regions, extraction_reach(radii), shape)) == 3
+    whole = extract_particles(segmentation, names, radii, components=components)
+    crops = extract_particles_in(segmentation, regions, names, radii, components=components)
+    assert len(whole) >= 10 and len(set(whole.classes)) == 3
+    np.testing.assert_allclose(crops.xyz, whole.xyz, rtol=0, atol=1e-9)
+    assert list(crops.classes) == list(whole.classes)
+    assert np.array_equal(crops.scores, whole.scores)
+
+
+def test_segmented_boxes_are_the_cores_segment_tiled_computes(small_net) -> None:
+    """Outside the boxes the maps are background; inside every box a voxel is not."""
+    volume = np.random.default_rng(0).standard_normal((24, 40, 160)).astype(np.float32)
+    regions = [((2, 8), (3, 9), (140, 150))]
+    budget = 24 * 40 * 20
+    segmentation = segment_tiled(small_net, volume, CPU, max_tile_voxels=budget,
+                                 regions=regions)
+    boxes = segmented_boxes(small_net, volume.shape, CPU, regions, max_tile_voxels=budget)
+    inside = np.zeros(volume.shape, dtype=bool)
+    for box in boxes:
+        inside[tuple(slice(lo, hi) for lo, hi in box)] = True
+        assert (segmentation.scores[tuple(slice(lo, hi) for lo, hi in box)] > 0).all()
+    assert not segmentation.scores[~inside].any()
+    assert 0 < inside.mean() < 0.5
 
 
 def test_normalise_in_place_overwrites_only_an_own_float32_array() -> None:
