@@ -22,7 +22,11 @@ point it takes
 fits a multinomial logistic regression on those of the labelled centres of the
 training tomogram (``calibration.fit_calibration``, L2 1e-3, 1e-2, 1e-1), gives each
 of the model's picks the class it predicts and scores the picks as the harness does
-(positions and scores unchanged, so pooled F1 stays).
+(positions and scores unchanged, so pooled F1 stays). Two decisions with almost no
+fitted weights sit beside it (:func:`centroid_classes`): the nearest class mean of
+the labels' fills (``fills centroid``), and that Gaussian log-likelihood (one pooled
+variance) plus the log of the pick's vote share within the median radius
+(``votes x fills centroid``).
 
 Usage: python benchmarks/class_confusion.py --report run.json [--seeds S ...]
        [--labels N ...] [--neighbourhood] --out out.json
@@ -122,6 +126,20 @@ class Neighbourhoods:
         return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
 
 
+def centroid_classes(train_fills: np.ndarray, known: np.ndarray, fills: np.ndarray,
+                     votes: np.ndarray | None, classes: int) -> np.ndarray:
+    """Class indices of points with ``fills`` ``(n, K)``: the largest Gaussian
+    log-likelihood about each class's mean of the labels' ``train_fills`` (their
+    classes ``known``) with one variance pooled over classes and radii, plus, given
+    ``votes`` ``(n, K)`` (vote shares), the log of each class's share."""
+    means = np.stack([train_fills[known == k].mean(axis=0) for k in range(classes)])
+    variance = max(float(((train_fills - means[known]) ** 2).mean()), 1e-4)
+    log_likelihood = -((fills[:, None, :] - means[None]) ** 2).sum(axis=2) / (2 * variance)
+    if votes is not None:
+        log_likelihood = log_likelihood + np.log(votes + 1e-3)
+    return np.argmax(log_likelihood, axis=1)
+
+
 def neighbourhood_rows(model: Model, labels: ParticleTable, data: Path,
                        tests: list[str], dataset: dict) -> dict[str, dict]:
     """Scores of the model's picks with the segmentation's classes (``vote``) and with
@@ -150,6 +168,21 @@ def neighbourhood_rows(model: Model, labels: ParticleTable, data: Path,
                     picks[name].scores)
             scored[f"{feature_set}, L2 {l2:g}"] = _score(
                 refitted, data, tests, dataset["unscored"], dataset["radii"])
+    classes = len(meta.classes)
+    train_fills = around[TRAINING_TOMOGRAM].features(labels.xyz[:, ::-1], "fills")
+    for name_of_decision, with_votes in (("fills centroid", False),
+                                         ("votes x fills centroid", True)):
+        refitted = {}
+        for name in tests:
+            both = around[name].features(picks[name].xyz[:, ::-1], "votes+fills")
+            median_votes = both[:, classes:2 * classes] if with_votes else None
+            called = centroid_classes(train_fills, known, both[:, 3 * classes:],
+                                      median_votes, classes)
+            refitted[name] = ParticleTable(
+                picks[name].xyz, np.array([meta.classes[i] for i in called], dtype=object),
+                picks[name].scores)
+        scored[name_of_decision] = _score(refitted, data, tests, dataset["unscored"],
+                                          dataset["radii"])
     return scored
 
 
