@@ -63,8 +63,10 @@ class ParticleTable:
         )
 
     @staticmethod
-    def empty() -> ParticleTable:
-        return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object))
+    def empty(scored: bool = False) -> ParticleTable:
+        """A table of no particles; with ``scored``, with an (empty) score column."""
+        return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object),
+                             np.zeros(0) if scored else None)
 
 
 def _split(line: str) -> list[str]:

@@ -497,7 +497,7 @@ def extract_particles(
              if score >= cut[index]]
     found.sort(key=lambda item: (item[0], -item[2]))
     if not found:
-        return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object), np.zeros(0))
+        return ParticleTable.empty(scored=True)
     return ParticleTable(np.array([centre[::-1] for _, centre, _ in found]),
                          np.array([class_names[index] for index, _, _ in found], dtype=object),
                          np.array([score for _, _, score in found]))
@@ -548,7 +548,7 @@ def extract_particles_in(segmentation: Segmentation, regions: Sequence[Box],
         table.xyz = table.xyz + np.array([lo for lo, _ in box[::-1]], dtype=np.float64)
         tables.append(table)
     if not tables:
-        return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object), np.zeros(0))
+        return ParticleTable.empty(scored=True)
     order = np.lexsort((-np.concatenate([t.scores for t in tables]),
                         np.concatenate([[class_names.index(c) for c in t.classes]
                                         for t in tables]).astype(int)))

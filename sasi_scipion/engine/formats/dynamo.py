@@ -44,7 +44,7 @@ def read_table(path: str | os.PathLike) -> ParticleTable:
     """
     path = Path(path)
     if not path.read_text().strip():
-        return ParticleTable(np.zeros((0, 3)), np.zeros(0, dtype=object), np.zeros(0))
+        return ParticleTable.empty(scored=True)
     try:
         data = np.loadtxt(path, ndmin=2)
     except ValueError as error:
