@@ -313,8 +313,8 @@ def segmented_boxes(model: Backbone, shape_zyx: tuple[int, ...], device: torch.d
     if getattr(model, "fixed_window", None):
         return [((0, shape_zyx[0]), (0, shape_zyx[1]), (0, shape_zyx[2]))]
     plan = _region_plan(model, shape_zyx, _tile_budget(device, max_tile_voxels), regions)
-    return [((c[0].start, min(c[0].stop, shape_zyx[0])), (c[1].start, min(c[1].stop, shape_zyx[1])),
-             (c[2].start, min(c[2].stop, shape_zyx[2]))) for _, c in plan]
+    return [tuple((c.start, min(c.stop, n)) for c, n in zip(cores, shape_zyx))  # type: ignore[misc]
+            for _, cores in plan]
 
 
 def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[tuple[int, ...]]:
