@@ -3,10 +3,12 @@ facilities reconstruct (default 300 x 1024 x 1024 voxels, float32 MRC, 1.2 GB).
 
 Memory does not depend on what the tomogram shows, so it is Gaussian noise with a
 few hundred dense spheres (picking finds particles, post-processing has work), not
-a simulation. Each command runs in a fresh process, whose peak resident memory a
-wrapper process reads (``ru_maxrss`` of its only child). ``pick`` runs with the given
-model at its own voxel size and, with ``--resampled``, once more with the
-tomogram's header at ``--resampled-factor`` times the model's voxel size (default
+a simulation. Each command runs in a fresh process: its peak resident memory
+(``ru_maxrss``), and the peaks of its anonymous and its file-backed memory, sampled from
+``/proc`` (the tomogram and the maps of a large segmentation are memory-mapped files,
+which count in the resident memory but are not allocations of the process).
+``pick`` runs with the given model at its own voxel size and, with ``--resampled``,
+once more with the tomogram's header at ``--resampled-factor`` times the model's voxel size (default
 0.8: a finer tomogram, resampled on the fly to the model's coarser grid; 0.5 is a
 tomogram binned half as much as the model's data, whose segmentation takes an
 eighth of the native one's time);
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,25 +69,51 @@ def _tomogram(path: Path, shape: tuple[int, int, int], voxel_size: float,
     return centres
 
 
-PEAK_OF_CHILD = ("import resource, subprocess, sys; "
-                 "code = subprocess.run(sys.argv[1:]).returncode; "
-                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-                 "sys.exit(code)")
-"""A wrapper that runs its arguments and prints their peak RSS (KB) last on stderr."""
+MEMORY_FIELDS = {"RssAnon": "peak_anonymous_mb", "RssFile": "peak_file_backed_mb"}
+"""``/proc/PID/status`` lines sampled while a command runs, and their report names:
+anonymous memory (what the process itself allocates, and what a memory limit cannot
+reclaim) and file-backed pages (mapped files: the tomogram, the maps' temporary file,
+libraries; the kernel drops or writes them back under pressure)."""
+SAMPLE_S = 0.2
+"""Seconds between two samples of the command's memory."""
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    """The :data:`MEMORY_FIELDS` of process ``pid`` now, KB (empty once it has ended)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    values = (line.split(":") for line in lines)
+    return {key: int(value.split()[0]) for key, value in values if key in MEMORY_FIELDS}
 
 
 def _run(arguments: list[str]) -> dict:
-    """Run ``sasi arguments`` in a fresh process; its wall time and peak RSS."""
+    """Run ``sasi arguments`` in a fresh process; its wall time, peak RSS
+    (``ru_maxrss``) and the peaks of its anonymous and file-backed memory (sampled
+    every :data:`SAMPLE_S` seconds)."""
     began = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD,
-                             str(Path(sys.executable).parent / "sasi"), *arguments],
-                            capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(result.stderr[-2000:])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([str(Path(sys.executable).parent / "sasi"), *arguments],
+                                 stdout=out, stderr=err)
+        peaks = dict.fromkeys(MEMORY_FIELDS, 0)
+        while True:
+            for key, value in _memory_kb(child.pid).items():
+                peaks[key] = max(peaks[key], value)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(SAMPLE_S)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if child.returncode:
+        raise RuntimeError(stderr[-2000:])
     return {"command": "sasi " + " ".join(arguments),
             "wall_s": round(time.perf_counter() - began, 1),
-            "peak_rss_mb": int(result.stderr.strip().splitlines()[-1]) // 1024,
-            "stdout": result.stdout.strip().splitlines()[-1:]}
+            "peak_rss_mb": usage.ru_maxrss // 1024,
+            **{MEMORY_FIELDS[key]: value // 1024 for key, value in peaks.items()},
+            "stdout": stdout.strip().splitlines()[-1:]}
 
 
 def main() -> None:

@@ -21,10 +21,14 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from .normalize import Voxels
+
 DARK, BRIGHT = "dark", "bright"
 CONTRASTS = (DARK, BRIGHT)
 SKEW_POOL = 3
 """Edge (voxels) of the box mean before the skewness; stride ``SKEW_POOL - 1``."""
+SKEW_SLAB_VOXELS = 16_000_000
+"""Input voxels read at a time by :func:`contrast_skew`."""
 SKEW_MARGIN = 0.5
 """Smallest skewness magnitude taken as a clear sign: 118 of 120 simulated tomograms
 (SNR 0.05 to 0.5, fill 2 to 30 %, with and without distractors) lay beyond it, all with
@@ -45,14 +49,30 @@ def label_contrast(volumes: Sequence[np.ndarray], label_maps: Sequence[np.ndarra
     return DARK if inside / max(n_in, 1) < outside / max(n_out, 1) else BRIGHT
 
 
-def contrast_skew(volume: np.ndarray) -> float:
-    """Skewness of ``volume`` ``(z, y, x)`` after a :data:`SKEW_POOL`-voxel box mean
-    with stride ``SKEW_POOL - 1`` (dimensionless; negative for dark objects)."""
-    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
-    pooled = functional.avg_pool3d(x, SKEW_POOL, stride=SKEW_POOL - 1).double().reshape(-1)
-    centred = pooled - pooled.mean()
-    variance = float((centred**2).mean())
-    return float((centred**3).mean()) / variance**1.5 if variance > 0 else 0.0
+def contrast_skew(volume: Voxels) -> float:
+    """Skewness of ``volume`` ``(z, y, x)`` (an array or a ``NormalisedVolume``) after a
+    :data:`SKEW_POOL`-voxel box mean with stride ``SKEW_POOL - 1`` (dimensionless;
+    negative for dark objects). Read in z slabs of about ``SKEW_SLAB_VOXELS`` voxels,
+    so a large tomogram is never copied whole."""
+    stride = SKEW_POOL - 1
+    depth, height, width = volume.shape
+    outputs = (depth - SKEW_POOL) // stride + 1
+    planes = max(1, SKEW_SLAB_VOXELS // (stride * height * width))
+    sums = np.zeros(4)  # count and the sums of the pooled values' first three powers
+    for first in range(0, outputs, planes):
+        last = min(first + planes, outputs)
+        slab = np.ascontiguousarray(volume[first * stride:(last - 1) * stride + SKEW_POOL],
+                                    dtype=np.float32)
+        pooled = functional.avg_pool3d(torch.from_numpy(slab)[None, None], SKEW_POOL,
+                                       stride=stride).double().reshape(-1)
+        sums += [pooled.numel(), float(pooled.sum()), float((pooled**2).sum()),
+                 float((pooled**3).sum())]
+    count, first_moment, second, third = sums[0], *(sums[1:] / sums[0])
+    variance = second - first_moment**2
+    if not count or variance <= 0:
+        return 0.0
+    centred_third = third - 3 * first_moment * second + 2 * first_moment**3
+    return float(centred_third / variance**1.5)
 
 
 def inversion_warning(tomogram_skew: float, model_skew: float | None,

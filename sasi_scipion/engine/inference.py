@@ -30,6 +30,7 @@ from torch.nn import functional
 from .calibration import ClassCalibration
 from .defaults import PRECISIONS, Precision
 from .models.backbone import Backbone, RegionDecoder
+from .normalize import Voxels
 from .postprocess import Box, Segmentation, summarise_probabilities
 from .sampling import grid_starts
 
@@ -224,7 +225,7 @@ def _core_logits(model: Backbone | RegionDecoder, tile: np.ndarray, core: Box, d
 
 def segment_tiled(
     model: Backbone,
-    volume: np.ndarray,
+    volume: Voxels,
     device: torch.device,
     max_tile_voxels: int | None = None,
     precision: Precision = "auto",
@@ -239,7 +240,8 @@ def segment_tiled(
 
     Args:
         model: a backbone (``models.Backbone``: ``size_multiple``, ``receptive_margin`` ...).
-        volume: normalised ``(z, y, x)`` tomogram.
+        volume: normalised ``(z, y, x)`` tomogram (an array, or a ``NormalisedVolume``
+            read tile by tile).
         device: where the net runs.
         max_tile_voxels: largest tile in input voxels (default per device type).
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see ``resolve_precision``);
@@ -265,7 +267,7 @@ def segment_tiled(
     budget = _tile_budget(device, max_tile_voxels)
     plan = _region_plan(model, volume.shape, budget, regions)
     model = _prepare(model, device, precision)
-    maps = [np.zeros(volume.shape, dtype=dtype) for dtype in (np.uint8, np.float16, np.float16)]
+    maps = Segmentation.blank(volume.shape)
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)
         core = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
@@ -277,11 +279,11 @@ def segment_tiled(
             log_probs = functional.log_softmax(logits.float(), dim=0)[(slice(None), *trim)]
             if log_probability_sink is not None:
                 log_probability_sink(log_probs.cpu(), keep)
-            for out, values in zip(maps, summarise_probabilities(log_probs, calibration)):
+            for out, values in zip(maps.maps(), summarise_probabilities(log_probs, calibration)):
                 out[keep] = values.cpu().numpy()
         if progress:
             progress(done, len(plan))
-    return Segmentation(*maps)
+    return maps
 
 
 def _tile_budget(device: torch.device, max_tile_voxels: int | None) -> int:
@@ -326,7 +328,7 @@ def _windows(shape_zyx: tuple[int, ...], window: int, stride: int) -> Iterator[t
 
 def segment_sliding(
     model: Backbone,
-    volume: np.ndarray,
+    volume: Voxels,
     device: torch.device,
     window: int = 24,
     stride: int = 12,
@@ -347,7 +349,7 @@ def segment_sliding(
     precision = resolve_precision(precision, device)
     model = _prepare(model, device, precision)
     padded = np.zeros([max(n, window) for n in volume.shape], dtype=np.float32)
-    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume[:, :, :]
     origins = list(_windows(padded.shape, window, stride))
     totals = np.zeros((model.num_outputs, *padded.shape), dtype=np.float32)
     counts = np.zeros(padded.shape, dtype=np.float32)

@@ -2,14 +2,16 @@
 
 Every check that the header and the file size allow is made by
 :func:`inspect_mrc` without reading the data, so that the Scipion protocols'
-``_validate`` can refuse a bad tomogram before a run starts; :func:`read_volume`
-makes the same checks, then reads and checks the values.
+``_validate`` can refuse a bad tomogram before a run starts; :func:`map_volume` and
+:func:`read_volume` make the same checks, then check the values.
 
-Reading maps the file into memory (``mrcfile.mmap``) and converts it to ``float32``
-in one pass, so a tomogram stored in 8 or 16 bits costs only its ``float32`` copy,
-not that and a raw copy too. Mode 0 (bytes) is signed in the MRC2014 standard, but
-IMOD writes unsigned bytes unless its header flags say signed: a file with IMOD's
-stamp and without that flag is read as ``uint8`` (0..255), as IMOD and 3dmod read it.
+:func:`map_volume` maps the data into memory (read-only, in the file's dtype: a
+tomogram is read only where it is used, and never held whole); :func:`read_volume`
+converts that map to ``float32`` in one pass, so a tomogram stored in 8 or 16 bits
+costs only its ``float32`` copy, not that and a raw copy too. Mode 0 (bytes) is
+signed in the MRC2014 standard, but IMOD writes unsigned bytes unless its header
+flags say signed: a file with IMOD's stamp and without that flag is read as
+``uint8`` (0..255), as IMOD and 3dmod read it.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Volume:
     """A 3D map.
 
     Attributes:
-        data: ``float32`` array, axis order ``(z, y, x)``.
+        data: axis order ``(z, y, x)``; ``float32`` in memory (:func:`read_volume`), or
+            a read-only memory map in the file's dtype (:func:`map_volume`).
         voxel_size: Ångström per voxel, or ``None`` when the header holds none.
     """
 
@@ -164,8 +167,11 @@ def _unsigned_bytes(header: np.recarray) -> bool:
     return int(words[0]) == IMOD_STAMP and not int(words[1]) & IMOD_SIGNED_BYTES
 
 
-def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
-    """Read a 3D MRC map as ``float32`` ``(z, y, x)`` after :func:`inspect_mrc`.
+def map_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
+    """A 3D MRC map after :func:`inspect_mrc`, its data ``(z, y, x)`` a read-only
+    memory map of the file in the file's own dtype (``uint8`` for IMOD's unsigned
+    bytes): nothing is held in memory but what is read from it. With
+    ``check_values``, its values are checked in z slabs (:func:`_check_values`).
 
     Raises:
         SasiInputError: as :func:`inspect_mrc`; NaN/inf values or a constant map
@@ -179,11 +185,10 @@ def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
             with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
                     raise ValueError("no data block")
-                raw = mrc.data
-                if int(mrc.header.mode) == 0 and _unsigned_bytes(mrc.header):
-                    raw = raw.view(np.uint8)
-                data = np.array(raw, dtype=np.float32).reshape(info.shape)  # a copy
-                del raw
+                dtype = (np.dtype(np.uint8) if int(mrc.header.mode) == 0
+                         and _unsigned_bytes(mrc.header) else mrc.data.dtype)
+                offset = int(mrc.data.offset)
+            data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=info.shape)
         except (OSError, ValueError) as error:
             raise SasiInputError(
                 f"{path}: not a readable MRC file ({error}); give an MRC map (.mrc/.rec)"
@@ -191,6 +196,21 @@ def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
     if check_values:
         _check_values(path, data)
     return Volume(data=data, voxel_size=info.voxel_size)
+
+
+def read_volume(path: str | os.PathLike, check_values: bool = True) -> Volume:
+    """Read a 3D MRC map into memory as ``float32`` ``(z, y, x)`` (:func:`map_volume`,
+    converted in one pass: a tomogram stored in 8 or 16 bits costs only its ``float32``
+    copy).
+
+    Raises:
+        SasiInputError: as :func:`map_volume`.
+    """
+    mapped = map_volume(path, check_values=False)
+    data = np.array(mapped.data, dtype=np.float32)
+    if check_values:
+        _check_values(path, data)
+    return Volume(data=data, voxel_size=mapped.voxel_size)
 
 
 def check_tomogram_array(volume: Volume, name: str, values: bool = False) -> MrcInfo:
@@ -217,13 +237,24 @@ def check_tomogram_array(volume: Volume, name: str, values: bool = False) -> Mrc
     return MrcInfo(shape=shape, voxel_size=volume.voxel_size)  # type: ignore[arg-type]
 
 
+CHECK_SLAB_VOXELS = 16_000_000
+"""Voxels :func:`_check_values` reads at a time."""
+
+
 def _check_values(source: str | os.PathLike, data: np.ndarray) -> None:
-    """Refuse NaN or infinite values, or a volume whose voxels all have one value."""
-    if not np.isfinite(data).all():
-        raise SasiInputError(
-            f"{source}: holds NaN or infinite values; fix or re-export the tomogram"
-        )
-    if float(data.max()) == float(data.min()):
+    """Refuse NaN or infinite values, or a volume whose voxels all have one value;
+    ``data`` ``(z, y, x)`` (in memory or memory-mapped) is read in z slabs of about
+    ``CHECK_SLAB_VOXELS`` voxels."""
+    planes = max(1, CHECK_SLAB_VOXELS // max(1, data.shape[1] * data.shape[2]))
+    low, high = math.inf, -math.inf
+    for start in range(0, data.shape[0], planes):
+        slab = data[start:start + planes]
+        if not np.isfinite(slab).all():
+            raise SasiInputError(
+                f"{source}: holds NaN or infinite values; fix or re-export the tomogram"
+            )
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    if high == low:
         raise SasiInputError(
             f"{source}: all voxels have the same value; this tomogram is empty"
         )
@@ -274,11 +305,12 @@ def tomogram_voxel_size(path: str | os.PathLike, header: float | None,
 
 def read_tomogram(path: str | os.PathLike, window: int,
                   voxel_size: float | None = None) -> Volume:
-    """:func:`read_volume` for a tomogram the network works on: refuses one smaller
-    than ``window``. Its voxel size is ``voxel_size`` (Å) when given, with a
-    :class:`SasiWarning` when the header disagrees (:func:`tomogram_voxel_size`); else
-    the header's, with a warning when the header holds none."""
-    volume = read_volume(path)
+    """:func:`map_volume` for a tomogram the network works on (memory-mapped, in the
+    file's dtype): refuses one smaller than ``window``. Its voxel size is
+    ``voxel_size`` (Å) when given, with a :class:`SasiWarning` when the header
+    disagrees (:func:`tomogram_voxel_size`); else the header's, with a warning when
+    the header holds none."""
+    volume = map_volume(path)
     problem = size_problem(path, volume.data.shape, window)
     if problem:
         raise SasiInputError(problem)
@@ -299,9 +331,10 @@ def tomogram_source(tomogram: TomogramInput, name: str) -> str:
 
 def load_tomogram(tomogram: TomogramInput, name: str, window: int,
                   voxel_size: float | None = None) -> Volume:
-    """A tomogram the network works on, as ``float32`` ``(z, y, x)``: a file read by
-    :func:`read_tomogram`, or an array checked as a file would be (``name`` names it in
-    messages). Its voxel size is ``voxel_size`` (Å) when given, else its own."""
+    """A tomogram the network works on, ``(z, y, x)``: a file memory-mapped by
+    :func:`read_tomogram` (in the file's dtype), or an array checked as a file would
+    be, as ``float32`` (``name`` names it in messages). Its voxel size is
+    ``voxel_size`` (Å) when given, else its own."""
     if not isinstance(tomogram, Volume):
         return read_tomogram(tomogram, window, voxel_size)
     info = check_tomogram_array(tomogram, name, values=True)

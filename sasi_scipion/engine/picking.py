@@ -40,7 +40,7 @@ from .inference import (
 )
 from .model_file import Model, ModelMetadata
 from .mrc_io import TomogramInput, Volume, load_tomogram, tomogram_source
-from .normalize import NORMALISATION, normalise
+from .normalize import NORMALISATION, NormalisedVolume, Voxels, normalise
 from .postprocess import (
     DEFAULT_COMPONENTS,
     Segmentation,
@@ -116,14 +116,16 @@ def prepare_tomogram(
     invert_contrast: bool = False,
     voxel_size: float | None = None,
     model_name: str = "model",
-) -> tuple[np.ndarray, tuple[int, ...]]:
+) -> tuple[Voxels, tuple[int, ...]]:
     """The tomogram as the model sees it, and its own ``(z, y, x)`` shape: normalised,
     at the model's voxel size (a tomogram at another is resampled first: ``model_grid``;
     its voxels then map back with ``resample.to_source_voxels``, and a note goes to the
     engine's logger), negated with ``invert_contrast``. Its voxel size is ``voxel_size``
-    (Å) when given, else its own. Warns (:class:`SasiWarning`) when the prepared
-    tomogram looks inverted relative to the model (``contrast.inversion_warning``).
-    ``model_name`` names the model in messages.
+    (Å) when given, else its own. At its own voxel size it is a ``NormalisedVolume``
+    over the file's memory map (or the given array): normalised as tiles are read, never
+    copied whole; a resampled one is a ``float32`` array at the model's grid. Warns
+    (:class:`SasiWarning`) when the prepared tomogram looks inverted relative to the
+    model (``contrast.inversion_warning``). ``model_name`` names the model in messages.
 
     Raises:
         SasiInputError: a model that cannot pick, or a tomogram it cannot read.
@@ -134,17 +136,18 @@ def prepare_tomogram(
     source = tomogram_source(tomogram, name)
     source_shape = volume.data.shape
     grid = model_grid(meta, volume, source)
+    data: Voxels
     if grid != source_shape:
         LOG.info("%s: resampling %s voxels of %.3f Å to %s at the model's %.3f Å; picks "
                  "are given in the tomogram's own voxels", source,
                  " x ".join(map(str, source_shape)), volume.voxel_size,
                  " x ".join(map(str, grid)), meta.voxel_size)
         data = normalise(resample(volume.data, grid), in_place=True)
-    else:  # a file's data is this function's own copy: normalised where it lies
-        data = normalise(volume.data, in_place=not isinstance(tomogram, Volume))
+        if invert_contrast:
+            np.negative(data, out=data)
+    else:
+        data = NormalisedVolume(volume.data, negate=invert_contrast)
     del volume
-    if invert_contrast:
-        np.negative(data, out=data)
     warning = inversion_warning(contrast_skew(data), meta.contrast_skew, source)
     if warning:
         warnings.warn(warning, SasiWarning, stacklevel=3)
@@ -153,7 +156,7 @@ def prepare_tomogram(
 
 def segment_prepared(
     model: Model,
-    data: np.ndarray,
+    data: Voxels,
     device: torch.device,
     mode: PickMode = "tiled",
     precision: Precision = "auto",

@@ -29,6 +29,8 @@ being background (``foreground``).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +42,7 @@ from torch.nn import functional
 from .calibration import ClassCalibration, feature_radii
 from .coordinates import ParticleTable
 from .defaults import COMPONENT_MODES, DEFAULT_COMPONENTS, ComponentMode
+from .errors import SasiInputError
 
 MIN_SIZE_FRACTION = 0.25
 """Default smallest component kept, relative to the class sphere volume."""
@@ -53,6 +56,11 @@ FOREGROUND_THRESHOLD = 0.5
 probability (one minus the background probability) exceeds this."""
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """``((z0, z1), (y0, y1), (x0, x1))``: a box in voxels, half-open."""
+
+
+MAPS_IN_MEMORY_VOXELS = 64_000_000
+"""Largest volume whose blank segmentation (:meth:`Segmentation.blank`) is held in
+memory (5 bytes a voxel, 320 MB); a larger one's maps live in a temporary file."""
 
 
 @dataclass
@@ -69,6 +77,44 @@ class Segmentation:
     labels: np.ndarray
     scores: np.ndarray
     foreground: np.ndarray
+
+    DTYPES = (np.uint8, np.float16, np.float16)
+    """The dtypes of :attr:`labels`, :attr:`scores` and :attr:`foreground`."""
+
+    @classmethod
+    def blank(cls, shape_zyx: Sequence[int]) -> Segmentation:
+        """Background everywhere (label 0, probabilities 0), in memory up to
+        ``MAPS_IN_MEMORY_VOXELS`` voxels; beyond that, memory maps of one unnamed
+        temporary file (in ``TMPDIR``, or the system's temporary folder; its space is
+        reserved at once, and the operating system frees it with the maps): a large
+        tomogram's maps then take disk, not memory.
+
+        Raises:
+            SasiInputError: no room for the temporary file, naming ``TMPDIR``.
+        """
+        shape = tuple(int(n) for n in shape_zyx)
+        voxels = math.prod(shape)
+        if voxels <= MAPS_IN_MEMORY_VOXELS:
+            return cls(*(np.zeros(shape, dtype=dtype) for dtype in cls.DTYPES))
+        arrays, offset = [], 0
+        size = voxels * sum(np.dtype(dtype).itemsize for dtype in cls.DTYPES)
+        with tempfile.TemporaryFile(prefix="sasi-maps-") as backing:
+            try:  # all the space now: a full disk is an error here, not a crash later
+                os.posix_fallocate(backing.fileno(), 0, size)
+            except OSError as error:
+                raise SasiInputError(
+                    f"no room for the segmentation maps of a {' x '.join(map(str, shape))} "
+                    f"tomogram ({size / 2**30:.1f} GB) in {tempfile.gettempdir()} ({error}); "
+                    "free space there, or set TMPDIR to a folder with room") from error
+            for dtype in cls.DTYPES:
+                arrays.append(np.memmap(backing, dtype=dtype, mode="w+", offset=offset,
+                                        shape=shape))
+                offset += voxels * np.dtype(dtype).itemsize
+        return cls(*arrays)
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels, scores, foreground)``."""
+        return self.labels, self.scores, self.foreground
 
 
 def summarise_probabilities(log_probs: torch.Tensor,

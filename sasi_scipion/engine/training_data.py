@@ -216,12 +216,12 @@ def load_on_grid(tomogram: TomogramInput, name: str, window: int, grid: Sequence
                  voxel_size: float | None = None) -> np.ndarray:
     """The normalised tomogram ``(z, y, x)`` on its training ``grid`` (resampled when
     that is not its own shape); ``name`` names it in messages. One ``float32`` copy:
-    a file's data (read as this function's own) or a resampled one is normalised
-    where it lies; an array of the caller's is copied."""
+    a resampled tomogram is normalised where it lies; a file's memory-mapped data or
+    an array of the caller's is normalised into a new array."""
     data = load_tomogram(tomogram, name, window, voxel_size).data
     if data.shape != tuple(grid):
         return normalise(resample(data, grid), in_place=True)
-    return normalise(data, in_place=not isinstance(tomogram, Volume))
+    return normalise(data)
 
 
 def _on_grid(table: ParticleTable, shape: tuple[int, ...], grid: tuple[int, ...]

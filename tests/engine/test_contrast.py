@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from sasi_scipion.engine import contrast
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.contrast import (
     BRIGHT,
@@ -25,7 +27,7 @@ from sasi_scipion.engine.formats import read_coordinates, tomogram_reference
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.model_file import read_model_file
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
-from sasi_scipion.engine.normalize import normalise
+from sasi_scipion.engine.normalize import NormalisedVolume, normalise
 from sasi_scipion.engine.simulate import procedural_templates, simulate_tomogram
 
 ITERATIONS = 12
@@ -57,6 +59,26 @@ def test_skewness_sign_follows_the_contrast(simulated) -> None:
     assert contrast_skew(-volume) == pytest.approx(-skew, rel=1e-6)
     assert contrast_skew(np.random.default_rng(0).normal(size=(32, 64, 64))) == pytest.approx(
         0, abs=0.1)  # pure noise: no sign, no warning
+
+
+@pytest.mark.parametrize("planes", [1, 2, 5, 64])
+def test_skewness_in_slabs_is_the_skewness_of_the_whole_pooled_volume(
+        simulated, monkeypatch, planes: int) -> None:
+    """Slabs of any height (in pooled planes; 64: one slab) give the skewness of the
+    whole volume's box means, computed here in one piece, two-pass, and from a
+    ``NormalisedVolume`` as from an array."""
+    volume, _ = simulated
+    pooled = torch.nn.functional.avg_pool3d(torch.from_numpy(volume)[None, None],
+                                            contrast.SKEW_POOL,
+                                            stride=contrast.SKEW_POOL - 1).double().ravel()
+    centred = pooled - pooled.mean()
+    expected = float((centred**3).mean() / (centred**2).mean() ** 1.5)
+    monkeypatch.setattr(contrast, "SKEW_SLAB_VOXELS",
+                        planes * (contrast.SKEW_POOL - 1) * volume.shape[1] * volume.shape[2])
+    assert contrast_skew(volume) == pytest.approx(expected, rel=1e-9)
+    raw = volume * 3.0 + 7.0
+    assert contrast_skew(NormalisedVolume(raw)) == pytest.approx(
+        contrast_skew(normalise(raw)), rel=1e-9)
 
 
 def test_inversion_warning_only_for_a_clear_opposite_sign() -> None:

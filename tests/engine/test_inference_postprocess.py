@@ -4,14 +4,19 @@ connected-component post-processing on planted blobs."""
 from __future__ import annotations
 
 import copy
+import errno
 import math
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
+from sasi_scipion.engine import postprocess
 from sasi_scipion.engine.calibration import feature_radii
 from sasi_scipion.engine.coordinates import ParticleTable
+from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.inference import (
     DECODE_SHARE,
     _prepare,
@@ -24,7 +29,7 @@ from sasi_scipion.engine.inference import (
 )
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
-from sasi_scipion.engine.normalize import normalisation_stats, normalise
+from sasi_scipion.engine.normalize import NormalisedVolume, normalisation_stats, normalise
 from sasi_scipion.engine.postprocess import (
     COMPONENT_MODES,
     Segmentation,
@@ -438,3 +443,55 @@ def test_normalise_in_place_overwrites_only_an_own_float32_array() -> None:
     assert np.array_equal(same, copied)
     integers = np.round(volume * 10).astype(np.int16)
     assert normalise(integers, in_place=True) is not integers
+
+
+def test_a_volume_normalised_on_read_segments_as_its_normalised_copy(trained_net) -> None:
+    """Tiled and sliding inference read a ``NormalisedVolume`` (here over an int16
+    volume, tile by tile) to the segmentation of the normalised array."""
+    rng = np.random.default_rng(2)
+    raw = np.round(rng.normal(size=(40, 72, 72)) * 40 + 300).astype(np.int16)
+    raw[10:18, 20:28, 20:28] -= 60
+    lazy, copied = NormalisedVolume(raw), normalise(raw)
+    for segment in (lambda v: segment_tiled(trained_net, v, CPU, precision="fp32",
+                                            max_tile_voxels=60_000),
+                    lambda v: segment_sliding(trained_net, v, CPU, precision="fp32")):
+        expected, result = segment(copied), segment(lazy)
+        assert (expected.labels > 0).sum() > 50
+        for got, want in zip(result.maps(), expected.maps()):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_large_volume_s_maps_live_in_a_temporary_file_with_the_same_picks(
+        trained_net, monkeypatch) -> None:
+    """Beyond ``MAPS_IN_MEMORY_VOXELS`` the segmentation's maps are memory maps of a
+    temporary file, with the values and picks of maps in memory."""
+    volume = np.random.default_rng(1).normal(size=(40, 72, 72)).astype(np.float32)
+    volume[10:18, 20:28, 20:28] -= 1.5
+    in_memory = segment_tiled(trained_net, volume, CPU, precision="fp32")
+    monkeypatch.setattr(postprocess, "MAPS_IN_MEMORY_VOXELS", volume.size - 1)
+    on_disk = segment_tiled(trained_net, volume, CPU, precision="fp32")
+    assert all(isinstance(m, np.memmap) for m in on_disk.maps())
+    assert not any(isinstance(m, np.memmap) for m in in_memory.maps())
+    for got, want in zip(on_disk.maps(), in_memory.maps()):
+        np.testing.assert_array_equal(got, want)
+    picks = [extract_particles(s, ["a", "b"], [4, 3]) for s in (in_memory, on_disk)]
+    assert len(picks[0]) > 0
+    np.testing.assert_array_equal(picks[1].xyz, picks[0].xyz)
+    np.testing.assert_array_equal(picks[1].classes, picks[0].classes)
+
+
+def test_no_room_for_the_maps_is_a_clear_error_before_anything_is_computed(
+        monkeypatch, tmp_path) -> None:
+    """The maps' space is reserved when they are made: a full disk raises an error
+    naming the folder and ``TMPDIR`` instead of a crash when a tile is written."""
+    monkeypatch.setattr(postprocess, "MAPS_IN_MEMORY_VOXELS", 10)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(SasiInputError, match=rf"2 x 3 x 4 tomogram .* in {tmp_path} .*"
+                                             r"No space left .* set TMPDIR"):
+        Segmentation.blank((2, 3, 4))
+    assert not list(tmp_path.iterdir())  # the temporary file is gone

@@ -1,6 +1,7 @@
 """MRC data modes on small files (``mrc_io``): every real mode reads to the same
 ``float32`` values, IMOD's unsigned bytes are read unsigned, a non-standard axis order
-is refused, and reading goes through a memory map."""
+is refused, reading goes through a memory map, and a mapped tomogram normalised on
+read gives the values of its normalised copy."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from sasi_scipion.engine import mrc_io
+from sasi_scipion.engine import mrc_io, normalize
 from sasi_scipion.engine.errors import SasiInputError
+from sasi_scipion.engine.model_file import ModelMetadata
 from sasi_scipion.engine.mrc_io import read_volume
+from sasi_scipion.engine.normalize import NORMALISATION, NormalisedVolume, normalise
+from sasi_scipion.engine.picking import prepare_tomogram
 
 SHAPE = (4, 5, 6)
 
@@ -83,3 +87,65 @@ def test_reading_maps_the_file_instead_of_loading_it(tmp_path: Path, monkeypatch
     monkeypatch.setattr(mrcfile, "mmap", lambda *a, **k: opened.append(a) or real_mmap(*a, **k))
     read_volume(tmp_path / "v.mrc")
     assert len(opened) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float16, np.float32])
+def test_a_mapped_tomogram_normalises_on_read_as_its_float32_copy(tmp_path: Path, dtype,
+                                                                  monkeypatch) -> None:
+    """``map_volume`` keeps the file's dtype in a read-only map, and a
+    ``NormalisedVolume`` over it gives, part by part, exactly what normalising the
+    whole ``float32`` copy gives (also negated, and past the two-million-voxel sample)."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.0, 30.0, size=(6, 40, 50))
+    data = np.clip(values, -120, 120).astype(dtype)
+    _write(tmp_path / "v.mrc", data)
+    mapped = mrc_io.map_volume(tmp_path / "v.mrc")
+    assert isinstance(mapped.data, np.memmap) and mapped.data.dtype == dtype
+    assert not mapped.data.flags.writeable
+    monkeypatch.setattr(normalize, "_SAMPLE", 5_000)  # a sample, as for a large tomogram
+    whole = normalise(read_volume(tmp_path / "v.mrc").data)
+    lazy = NormalisedVolume(mapped.data)
+    assert lazy.shape == data.shape and lazy.dtype == np.float32
+    parts = (np.s_[:, :, :], np.s_[2:5, 7:31, :], np.s_[5, 3:9, 40:])
+    for part in parts:
+        np.testing.assert_array_equal(lazy[part], whole[part])
+        np.testing.assert_array_equal(NormalisedVolume(mapped.data, negate=True)[part],
+                                      -whole[part])
+    np.testing.assert_array_equal(mapped.data, data)  # the map itself is untouched
+
+
+def test_values_are_checked_slab_by_slab_to_the_last_plane(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    monkeypatch.setattr(mrc_io, "CHECK_SLAB_VOXELS", SHAPE[1] * SHAPE[2])  # one plane a slab
+    data = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    data[-1, -1, -1] = np.nan
+    _write(tmp_path / "nan.mrc", data)
+    with pytest.raises(SasiInputError, match="NaN or infinite"):
+        mrc_io.map_volume(tmp_path / "nan.mrc")
+    planes = np.broadcast_to(np.arange(SHAPE[0], dtype=np.float32)[:, None, None], SHAPE)
+    _write(tmp_path / "planes.mrc", np.ascontiguousarray(planes))  # each slab constant
+    assert mrc_io.map_volume(tmp_path / "planes.mrc").data.shape == SHAPE
+    _write(tmp_path / "flat.mrc", np.ones(SHAPE, dtype=np.float32))
+    with pytest.raises(SasiInputError, match="same value"):
+        mrc_io.map_volume(tmp_path / "flat.mrc")
+
+
+@pytest.mark.parametrize("voxel_size, mapped", [(10.0, True), (8.0, False)])
+def test_picking_reads_a_tomogram_at_the_model_s_voxel_size_through_its_map(
+        tmp_path: Path, voxel_size: float, mapped: bool) -> None:
+    """At the model's voxel size the prepared tomogram is the file's read-only map,
+    normalised as it is read (no copy of the whole volume); at another it is the
+    resampled array. Both give the normalised values (the first exactly)."""
+    data = np.random.default_rng(0).normal(size=(32, 40, 48)).astype(np.float16)
+    _write(tmp_path / "t.mrc", data)
+    meta = ModelMetadata(arch="deepfinder", arch_params={}, classes=["a"], radii=[3.0],
+                         window=24, voxel_size=voxel_size, normalisation=NORMALISATION,
+                         pretrained_only=False, iterations=1)
+    prepared, shape = prepare_tomogram(meta, tmp_path / "t.mrc")
+    assert shape == data.shape
+    assert isinstance(prepared, NormalisedVolume) == mapped
+    if mapped:
+        assert isinstance(prepared.raw, np.memmap) and prepared.raw.dtype == np.float16
+        np.testing.assert_array_equal(prepared[:, :, :], normalise(data.astype(np.float32)))
+    else:
+        assert prepared.shape == (40, 50, 60) and prepared.dtype == np.float32
