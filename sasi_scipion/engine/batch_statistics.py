@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .normalize import Voxels
+
 STATISTICS_BATCHES = 32
 """Batches of uniformly placed windows the running statistics are averaged over."""
 
 
-def uniform_windows(volumes: Sequence[np.ndarray], window: int, batch: int,
+def uniform_windows(volumes: Sequence[Voxels], window: int, batch: int,
                     rng: np.random.Generator) -> torch.Tensor:
     """``batch`` windows of edge ``window`` at uniform positions: each in a volume drawn
     with probability proportional to its number of window positions."""
@@ -66,7 +68,7 @@ def restore_running_statistics(model: nn.Module,
             getattr(norm, name).copy_(value)
 
 
-def picking_statistics(model: nn.Module, volumes: Sequence[np.ndarray], window: int,
+def picking_statistics(model: nn.Module, volumes: Sequence[Voxels], window: int,
                        batch: int, seed: int, device: torch.device) -> int:
     """Re-estimate the running mean and variance of every batch normalisation of
     ``model`` (on ``device``) as the cumulative mean over ``STATISTICS_BATCHES``

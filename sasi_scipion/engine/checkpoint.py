@@ -39,10 +39,13 @@ import torch
 from .atomic import atomic_output
 from .errors import SasiInputError
 from .model_file import load_safely
+from .normalize import Voxels
 
 FORMAT = "sasi-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".ckpt"
+FINGERPRINT_SLAB_BYTES = 64 * 2**20
+"""Bytes of an input array hashed at a time (:func:`run_fingerprint`)."""
 PACKAGE = __name__.rsplit(".", 1)[0]
 """Objects of classes defined under this package are searched for state."""
 
@@ -145,14 +148,18 @@ def restore_state(obj: Any, state: dict[str, Any]) -> None:
     _restore_attributes(obj, state["attributes"])
 
 
-def run_fingerprint(description: dict[str, Any], arrays: Sequence[np.ndarray],
+def run_fingerprint(description: dict[str, Any], arrays: Sequence[Voxels],
                     initial: dict[str, torch.Tensor]) -> str:
     """A digest of what determines a run: its JSON-ready ``description`` (command,
-    settings, classes ...), its input ``arrays`` and its ``initial`` weights."""
+    settings, classes ...), its input ``arrays`` (a ``NormalisedVolume`` by its
+    normalised values; each read in slabs of about ``FINGERPRINT_SLAB_BYTES`` along its
+    first axis) and its ``initial`` weights."""
     digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
     for array in arrays:
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).data)
+        planes = max(1, FINGERPRINT_SLAB_BYTES // max(1, array[:1].nbytes))
+        for start in range(0, max(array.shape[0], 1), planes):  # the whole array's digest
+            digest.update(np.ascontiguousarray(array[start:start + planes]).data)
     for name, tensor in initial.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -28,24 +28,28 @@ CONTRASTS = (DARK, BRIGHT)
 SKEW_POOL = 3
 """Edge (voxels) of the box mean before the skewness; stride ``SKEW_POOL - 1``."""
 SKEW_SLAB_VOXELS = 16_000_000
-"""Input voxels read at a time by :func:`contrast_skew`."""
+"""Voxels read at a time by :func:`contrast_skew` and :func:`label_contrast`."""
 SKEW_MARGIN = 0.5
 """Smallest skewness magnitude taken as a clear sign: 118 of 120 simulated tomograms
 (SNR 0.05 to 0.5, fill 2 to 30 %, with and without distractors) lay beyond it, all with
 the right sign (``benchmarks/contrast_check.json``)."""
 
 
-def label_contrast(volumes: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> str:
+def label_contrast(volumes: Sequence[Voxels], label_maps: Sequence[np.ndarray]) -> str:
     """:data:`DARK` when the labelled voxels (label map > 0) of the normalised
     ``volumes`` are on average darker than the others, else :data:`BRIGHT`; volumes
-    and label maps ``(z, y, x)`` pair in order."""
+    and label maps ``(z, y, x)`` pair in order, read in z slabs of about
+    ``SKEW_SLAB_VOXELS`` voxels."""
     inside = outside = 0.0
     n_in = n_out = 0
     for volume, labels in zip(volumes, label_maps):
-        mask = labels > 0
-        inside += float(volume[mask].sum(dtype=np.float64))
-        outside += float(volume[~mask].sum(dtype=np.float64))
-        n_in, n_out = n_in + int(mask.sum()), n_out + int((~mask).sum())
+        planes = max(1, SKEW_SLAB_VOXELS // (volume.shape[1] * volume.shape[2]))
+        for start in range(0, volume.shape[0], planes):
+            values, mask = volume[start:start + planes], labels[start:start + planes] > 0
+            labelled = int(mask.sum())
+            inside += float(values[mask].sum(dtype=np.float64))
+            outside += float(values[~mask].sum(dtype=np.float64))
+            n_in, n_out = n_in + labelled, n_out + mask.size - labelled
     return DARK if inside / max(n_in, 1) < outside / max(n_out, 1) else BRIGHT
 
 

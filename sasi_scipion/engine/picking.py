@@ -302,7 +302,7 @@ class LabelDecisions(NamedTuple):
     label_recall: list[float]
 
 
-def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
+def label_decisions(model: nn.Module, volumes: Sequence[Voxels],
                     labels: Sequence[ParticleTable], class_names: Sequence[str],
                     radii: Sequence[float], device: torch.device,
                     negatives: Sequence[ParticleTable] | None = None,
@@ -338,7 +338,7 @@ def label_decisions(model: nn.Module, volumes: Sequence[np.ndarray],
         label_recall(picks, labels, class_names, radii))
 
 
-def label_picks(model: nn.Module, volumes: Sequence[np.ndarray],
+def label_picks(model: nn.Module, volumes: Sequence[Voxels],
                 labels: Sequence[ParticleTable], class_names: Sequence[str],
                 radii: Sequence[float], device: torch.device,
                 calibration: ClassCalibration | None) -> list[ParticleTable]:

@@ -31,6 +31,7 @@ from torch import nn
 
 from .coordinates import ParticleTable
 from .defaults import PROTOTYPE_QUANTILE, PrototypeFilter
+from .normalize import Voxels
 from .sampling import crop_padded
 
 PROTOTYPE_CROP = 40
@@ -50,7 +51,7 @@ def prototype_crop(network: nn.Module) -> int:
     return -(-PROTOTYPE_CROP // multiple) * multiple
 
 
-def encoder_vectors(network: nn.Module, volume: np.ndarray, centres_xyz: np.ndarray
+def encoder_vectors(network: nn.Module, volume: Voxels, centres_xyz: np.ndarray
                     ) -> np.ndarray:
     """``(n, C)`` unit encoder vectors of ``network`` (in evaluation mode) at
     ``centres_xyz`` ``(n, 3)`` (voxels ``(x, y, z)``, rounded) of the normalised
@@ -97,7 +98,7 @@ class LabelPrototypes:
         each one's 0-based class."""
         return np.einsum("nc,nc->n", vectors, self.vectors[np.asarray(class_indices, int)])
 
-    def keep(self, network: nn.Module, volume: np.ndarray, picks: ParticleTable,
+    def keep(self, network: nn.Module, volume: Voxels, picks: ParticleTable,
              class_names: Sequence[str], quantile: float = PROTOTYPE_QUANTILE) -> np.ndarray:
         """``(n,)`` whether each of ``picks`` (in voxels of the normalised ``volume``,
         classes among ``class_names``) is at least as similar to its class's prototype
@@ -123,7 +124,7 @@ class LabelPrototypes:
                    tuple(np.asarray(s, dtype=np.float64) for s in values["label_similarities"]))
 
 
-def fit_prototypes(network: nn.Module, volumes: Sequence[np.ndarray],
+def fit_prototypes(network: nn.Module, volumes: Sequence[Voxels],
                    labels: Sequence[ParticleTable], class_names: Sequence[str]
                    ) -> LabelPrototypes:
     """The prototypes of the labelled particles ``labels`` (one table per normalised

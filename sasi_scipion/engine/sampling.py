@@ -14,9 +14,10 @@ import torch
 from .augment import band_limit, center_crop, random_flips, rotate_about_z
 from .coordinates import ParticleTable
 from .limits import context_size
+from .normalize import Voxels
 
 
-def crop_padded(volume: np.ndarray, centre_zyx: Sequence[int], size: int) -> np.ndarray:
+def crop_padded(volume: Voxels, centre_zyx: Sequence[int], size: int) -> np.ndarray:
     """The ``size``-cube of ``volume`` centred on ``centre_zyx`` (voxel indices), with
     zeros where it extends past the volume. The centre voxel lands at index ``size // 2``."""
     out = np.zeros((size, size, size), dtype=volume.dtype)
@@ -62,7 +63,7 @@ class SupervisedSampler:
         band_limit: largest voxel-size ratio of the band-limited windows (1: none).
     """
 
-    def __init__(self, volumes: Sequence[np.ndarray], label_maps: Sequence[np.ndarray],
+    def __init__(self, volumes: Sequence[Voxels], label_maps: Sequence[np.ndarray],
                  particles: Sequence[ParticleTable], class_names: Sequence[str],
                  window: int = 24, negatives: Sequence[ParticleTable] | None = None,
                  band_limit: float = 1.0) -> None:
@@ -118,7 +119,7 @@ class UnlabelledSampler:
         stride: grid step in voxels (paper: W / 2).
     """
 
-    def __init__(self, volumes: Sequence[np.ndarray], window: int = 24, stride: int = 12) -> None:
+    def __init__(self, volumes: Sequence[Voxels], window: int = 24, stride: int = 12) -> None:
         if not volumes:
             raise ValueError("no unlabelled volume")
         self.volumes = list(volumes)

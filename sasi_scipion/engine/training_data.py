@@ -39,7 +39,7 @@ from .mrc_io import (
     size_problem,
     tomogram_source,
 )
-from .normalize import normalise
+from .normalize import NormalisedVolume, Voxels, normalise
 from .resample import resample, resampled_shape, resampling_problem, to_resampled_voxels
 
 LOG = logging.getLogger(__package__)
@@ -54,7 +54,9 @@ class TrainingData:
     """Normalised tomograms with their few labels.
 
     Attributes:
-        volumes: normalised ``float32`` ``(z, y, x)`` tomograms.
+        volumes: normalised ``(z, y, x)`` tomograms: a ``NormalisedVolume`` over a
+            file's memory map (or the given array) at its own voxel size, a ``float32``
+            array when resampled.
         label_maps: ``uint8`` ``(z, y, x)`` sphere labels (0 = background, i+1 = class i).
         particles: labelled centres per tomogram, voxels ``(x, y, z)``.
         class_names: the K classes, sorted.
@@ -64,7 +66,7 @@ class TrainingData:
             per tomogram, voxels ``(x, y, z)``; empty tables when none.
     """
 
-    volumes: list[np.ndarray]
+    volumes: list[Voxels]
     label_maps: list[np.ndarray]
     particles: list[ParticleTable]
     class_names: list[str]
@@ -213,15 +215,16 @@ def training_grid(infos: Sequence[MrcInfo], sources: Sequence[str], window: int,
 
 
 def load_on_grid(tomogram: TomogramInput, name: str, window: int, grid: Sequence[int],
-                 voxel_size: float | None = None) -> np.ndarray:
-    """The normalised tomogram ``(z, y, x)`` on its training ``grid`` (resampled when
-    that is not its own shape); ``name`` names it in messages. One ``float32`` copy:
-    a resampled tomogram is normalised where it lies; a file's memory-mapped data or
-    an array of the caller's is normalised into a new array."""
+                 voxel_size: float | None = None) -> Voxels:
+    """The normalised tomogram ``(z, y, x)`` on its training ``grid``; ``name`` names
+    it in messages. On its own grid, a ``NormalisedVolume`` over the file's memory map
+    (or the caller's array, not changed): training windows are read from it, and the
+    whole volume is never copied. Resampled (another grid), a ``float32`` array
+    normalised where it lies."""
     data = load_tomogram(tomogram, name, window, voxel_size).data
     if data.shape != tuple(grid):
         return normalise(resample(data, grid), in_place=True)
-    return normalise(data)
+    return NormalisedVolume(data)
 
 
 def _on_grid(table: ParticleTable, shape: tuple[int, ...], grid: tuple[int, ...]
@@ -352,8 +355,9 @@ def load_unlabelled(tomograms: Sequence[TomogramInput], window: int,
                     parameter: str = "tomograms", voxel_size: float | None = None,
                     target_voxel_size: float | None = None,
                     target_name: str = "the labelled tomograms",
-                    ) -> tuple[list[np.ndarray], float | None]:
-    """Normalised tomograms for self-supervision on one grid, and its voxel size (Å):
+                    ) -> tuple[list[Voxels], float | None]:
+    """Normalised tomograms for self-supervision on one grid (:func:`load_on_grid`),
+    and its voxel size (Å):
     ``target_voxel_size`` (``target_name``'s) when given, else ``voxel_size``, else
     the first tomogram's own; others are resampled to it. ``parameter`` names them
     in errors."""

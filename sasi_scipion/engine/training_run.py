@@ -34,7 +34,7 @@ from .errors import SasiInputError, SasiWarning, input_name
 from .model_file import Model, ModelMetadata, build_network, read_model_file
 from .models import BACKBONES, build_backbone
 from .mrc_io import TomogramInput
-from .normalize import NORMALISATION
+from .normalize import NORMALISATION, Voxels
 from .picking import LabelDecisions, label_decisions
 from .prototypes import fit_prototypes
 from .thresholds import label_recall_warning
@@ -63,7 +63,7 @@ class TrainingRun:
     trainer: SaSiTrainer
     label: str
     description: dict[str, Any]
-    arrays: list[np.ndarray]
+    arrays: list[Voxels]
     metadata: Callable[[list[dict]], ModelMetadata]
 
     def fingerprint(self) -> str:

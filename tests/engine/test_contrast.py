@@ -66,8 +66,9 @@ def test_skewness_in_slabs_is_the_skewness_of_the_whole_pooled_volume(
         simulated, monkeypatch, planes: int) -> None:
     """Slabs of any height (in pooled planes; 64: one slab) give the skewness of the
     whole volume's box means, computed here in one piece, two-pass, and from a
-    ``NormalisedVolume`` as from an array."""
-    volume, _ = simulated
+    ``NormalisedVolume`` as from an array; the label contrast is read in the same
+    slabs."""
+    volume, label_map = simulated
     pooled = torch.nn.functional.avg_pool3d(torch.from_numpy(volume)[None, None],
                                             contrast.SKEW_POOL,
                                             stride=contrast.SKEW_POOL - 1).double().ravel()
@@ -79,6 +80,8 @@ def test_skewness_in_slabs_is_the_skewness_of_the_whole_pooled_volume(
     raw = volume * 3.0 + 7.0
     assert contrast_skew(NormalisedVolume(raw)) == pytest.approx(
         contrast_skew(normalise(raw)), rel=1e-9)
+    assert label_contrast([NormalisedVolume(raw)], [label_map]) == DARK  # in slabs too
+    assert label_contrast([NormalisedVolume(raw, negate=True)], [label_map]) == BRIGHT
 
 
 def test_inversion_warning_only_for_a_clear_opposite_sign() -> None:

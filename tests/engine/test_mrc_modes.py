@@ -1,7 +1,7 @@
 """MRC data modes on small files (``mrc_io``): every real mode reads to the same
 ``float32`` values, IMOD's unsigned bytes are read unsigned, a non-standard axis order
 is refused, reading goes through a memory map, and a mapped tomogram normalised on
-read gives the values of its normalised copy."""
+read (as picking and training read it) gives the values of its normalised copy."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from sasi_scipion.engine import mrc_io, normalize
+from sasi_scipion.engine.coordinates import ParticleTable
 from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.model_file import ModelMetadata
 from sasi_scipion.engine.mrc_io import read_volume
 from sasi_scipion.engine.normalize import NORMALISATION, NormalisedVolume, normalise
 from sasi_scipion.engine.picking import prepare_tomogram
+from sasi_scipion.engine.training_data import load_training_data
 
 SHAPE = (4, 5, 6)
 
@@ -149,3 +151,17 @@ def test_picking_reads_a_tomogram_at_the_model_s_voxel_size_through_its_map(
         np.testing.assert_array_equal(prepared[:, :, :], normalise(data.astype(np.float32)))
     else:
         assert prepared.shape == (40, 50, 60) and prepared.dtype == np.float32
+
+
+def test_training_reads_its_windows_from_the_tomogram_s_map(tmp_path: Path) -> None:
+    """A training tomogram at its own grid is a ``NormalisedVolume`` over the file's
+    read-only map (int8 here): windows are read from it, the volume is never copied."""
+    data = np.random.default_rng(0).integers(-100, 100, size=(32, 40, 48)).astype(np.int8)
+    _write(tmp_path / "t.mrc", data)
+    labels = ParticleTable([[10, 12, 8], [30, 20, 16]], ["a", "a"])
+    training = load_training_data([tmp_path / "t.mrc"], [labels], {"a": 3.0}, 24)
+    volume = training.volumes[0]
+    assert isinstance(volume, NormalisedVolume) and isinstance(volume.raw, np.memmap)
+    assert volume.raw.dtype == np.int8
+    np.testing.assert_array_equal(volume[:, :, :], normalise(data.astype(np.float32)))
+    assert training.label_maps[0].shape == data.shape
