@@ -267,7 +267,7 @@ def segment_tiled(
     budget = _tile_budget(device, max_tile_voxels)
     plan = _region_plan(model, volume.shape, budget, regions)
     model = _prepare(model, device, precision)
-    maps = Segmentation.blank(volume.shape)
+    segmentation = Segmentation.blank(volume.shape)
     for done, (inputs, cores) in enumerate(plan, start=1):
         tile = _padded_crop(volume, inputs)
         core = tuple((c.start - i.start, c.stop - i.start) for c, i in zip(cores, inputs))
@@ -279,11 +279,12 @@ def segment_tiled(
             log_probs = functional.log_softmax(logits.float(), dim=0)[(slice(None), *trim)]
             if log_probability_sink is not None:
                 log_probability_sink(log_probs.cpu(), keep)
-            for out, values in zip(maps.maps(), summarise_probabilities(log_probs, calibration)):
+            for out, values in zip(segmentation.maps(),
+                                   summarise_probabilities(log_probs, calibration)):
                 out[keep] = values.cpu().numpy()
         if progress:
             progress(done, len(plan))
-    return maps
+    return segmentation
 
 
 def _tile_budget(device: torch.device, max_tile_voxels: int | None) -> int:
