@@ -15,7 +15,7 @@ domain); training does so after its last step for every model of several classes
 and for a one-class model that otherwise misses its labels
 (``training_run.final_decisions``).
 
-Volumes are normalised ``(z, y, x)`` arrays; windows ``(B, 1, W, W, W)``.
+Volumes are normalised ``(z, y, x)`` (``normalize.Voxels``); windows ``(B, 1, W, W, W)``.
 """
 
 from __future__ import annotations

@@ -62,21 +62,25 @@ def contrast_skew(volume: Voxels) -> float:
     depth, height, width = volume.shape
     outputs = (depth - SKEW_POOL) // stride + 1
     planes = max(1, SKEW_SLAB_VOXELS // (stride * height * width))
-    sums = np.zeros(4)  # count and the sums of the pooled values' first three powers
-    for first in range(0, outputs, planes):
+    sums = np.zeros(4)  # count, and the sums of the shifted pooled values' three powers
+    shift = None  # the first slab's mean: moments about it do not cancel
+    for first in range(0, max(outputs, 0), planes):
         last = min(first + planes, outputs)
         slab = np.ascontiguousarray(volume[first * stride:(last - 1) * stride + SKEW_POOL],
                                     dtype=np.float32)
         pooled = functional.avg_pool3d(torch.from_numpy(slab)[None, None], SKEW_POOL,
                                        stride=stride).double().reshape(-1)
+        shift = float(pooled.mean()) if shift is None else shift
+        pooled -= shift
         sums += [pooled.numel(), float(pooled.sum()), float((pooled**2).sum()),
                  float((pooled**3).sum())]
-    count, first_moment, second, third = sums[0], *(sums[1:] / sums[0])
-    variance = second - first_moment**2
-    if not count or variance <= 0:
+    if not sums[0]:
         return 0.0
-    centred_third = third - 3 * first_moment * second + 2 * first_moment**3
-    return float(centred_third / variance**1.5)
+    mean, second, third = sums[1:] / sums[0]
+    variance = second - mean**2
+    if variance <= 1e-12 * max(second, np.finfo(np.float64).tiny):  # constant, to rounding
+        return 0.0
+    return float((third - 3 * mean * second + 2 * mean**3) / variance**1.5)
 
 
 def inversion_warning(tomogram_skew: float, model_skew: float | None,

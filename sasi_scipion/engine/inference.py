@@ -14,7 +14,8 @@ Two modes:
   tiled one near window faces; ``test_tiled_and_sliding_agree_on_a_random_volume``
   in ``tests/engine/test_inference_postprocess.py`` states the tolerance.
 
-Volumes are normalised ``float32`` ``(z, y, x)``.
+Volumes are normalised ``(z, y, x)``: ``float32`` arrays, or ``NormalisedVolume`` s
+read tile by tile (``normalize.Voxels``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def plan_tiles(shape_zyx: tuple[int, int, int], margin: int, multiple: int,
     return plan
 
 
-def _padded_crop(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
+def _padded_crop(volume: Voxels, region: tuple[slice, ...]) -> np.ndarray:
     """``volume[region]`` with zeros where the region passes the volume's end."""
     out = np.zeros([s.stop - s.start for s in region], dtype=np.float32)
     inside = tuple(slice(s.start, min(s.stop, n)) for s, n in zip(region, volume.shape))
@@ -344,8 +345,8 @@ def segment_sliding(
     (``calibration`` and ``log_probability_sink`` as in ``segment_tiled``, on the
     logarithm of the averaged probabilities).
 
-    Memory grows with the tomogram (``K + 1`` float32 probability maps); this
-    is the reference mode, not the default.
+    Memory grows with the tomogram (a float32 copy of it and ``K + 1`` float32
+    probability maps); this is the reference mode, not the default.
     """
     precision = resolve_precision(precision, device)
     model = _prepare(model, device, precision)

@@ -25,7 +25,11 @@ def normalisation_stats(data: np.ndarray, seed: int = 0) -> tuple[float, float]:
     chosen voxels (deterministic for a given ``seed``)."""
     flat = data.reshape(-1)
     if flat.size > _SAMPLE:
-        flat = flat[np.random.default_rng(seed).integers(0, flat.size, _SAMPLE)]
+        chosen = np.random.default_rng(seed).integers(0, flat.size, _SAMPLE)
+        order = np.argsort(chosen, kind="stable")  # a memory map is read front to back
+        sample = np.empty(_SAMPLE, dtype=flat.dtype)
+        sample[order] = flat[chosen[order]]
+        flat = sample
     flat = np.asarray(flat, dtype=np.float32)  # as the float32 copy of a file would give
     low, high = np.percentile(flat, [0.5, 99.5])
     core = flat[(flat >= low) & (flat <= high)]

@@ -123,7 +123,8 @@ def prepare_tomogram(
     engine's logger), negated with ``invert_contrast``. Its voxel size is ``voxel_size``
     (Å) when given, else its own. At its own voxel size it is a ``NormalisedVolume``
     over the file's memory map (or the given array): normalised as tiles are read, never
-    copied whole; a resampled one is a ``float32`` array at the model's grid. Warns
+    copied whole by tiled picking; a resampled one is a ``float32`` array at the
+    model's grid. Warns
     (:class:`SasiWarning`) when the prepared tomogram looks inverted relative to the
     model (``contrast.inversion_warning``). ``model_name`` names the model in messages.
 

@@ -87,7 +87,8 @@ class Segmentation:
         ``MAPS_IN_MEMORY_VOXELS`` voxels; beyond that, memory maps of one unnamed
         temporary file (in ``TMPDIR``, or the system's temporary folder; its space is
         reserved at once, and the operating system frees it with the maps): a large
-        tomogram's maps then take disk, not memory.
+        tomogram's maps then take disk, not memory (unless ``TMPDIR`` is a RAM
+        file system such as tmpfs).
 
         Raises:
             SasiInputError: no room for the temporary file, naming ``TMPDIR``.
@@ -96,21 +97,24 @@ class Segmentation:
         voxels = math.prod(shape)
         if voxels <= MAPS_IN_MEMORY_VOXELS:
             return cls(*(np.zeros(shape, dtype=dtype) for dtype in cls.DTYPES))
-        arrays, offset = [], 0
-        size = voxels * sum(np.dtype(dtype).itemsize for dtype in cls.DTYPES)
-        with tempfile.TemporaryFile(prefix="sasi-maps-") as backing:
-            try:  # all the space now: a full disk is an error here, not a crash later
-                os.posix_fallocate(backing.fileno(), 0, size)
-            except OSError as error:
-                raise SasiInputError(
-                    f"no room for the segmentation maps of a {' x '.join(map(str, shape))} "
-                    f"tomogram ({size / 2**30:.1f} GB) in {tempfile.gettempdir()} ({error}); "
-                    "free space there, or set TMPDIR to a folder with room") from error
-            for dtype in cls.DTYPES:
-                arrays.append(np.memmap(backing, dtype=dtype, mode="w+", offset=offset,
-                                        shape=shape))
-                offset += voxels * np.dtype(dtype).itemsize
-        return cls(*arrays)
+        # the wider maps first, so that every map starts on a multiple of its item size
+        order = sorted(range(len(cls.DTYPES)), key=lambda i: -np.dtype(cls.DTYPES[i]).itemsize)
+        offsets, size = {}, 0
+        for i in order:
+            offsets[i], size = size, size + voxels * np.dtype(cls.DTYPES[i]).itemsize
+        reserve = getattr(os, "posix_fallocate", None)  # not on macOS: no reservation
+        try:
+            with tempfile.TemporaryFile(prefix="sasi-maps-") as backing:
+                if reserve is not None:  # all the space now: a full disk is an error here
+                    reserve(backing.fileno(), 0, size)
+                maps = [np.memmap(backing, dtype=dtype, mode="w+", offset=offsets[i],
+                                  shape=shape) for i, dtype in enumerate(cls.DTYPES)]
+        except OSError as error:
+            raise SasiInputError(
+                f"no room for the segmentation maps of a {' x '.join(map(str, shape))} "
+                f"tomogram ({size / 2**30:.1f} GB) in {tempfile.gettempdir()} ({error}); "
+                "free space there, or set TMPDIR to a folder with room") from error
+        return cls(*maps)
 
     def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(labels, scores, foreground)``."""

@@ -15,7 +15,8 @@ prototype than a quantile of those leave-one-out similarities
 (``defaults.PROTOTYPE_QUANTILE``; a class with a single label keeps every pick);
 ``defaults.PROTOTYPE_FILTERS`` says for which models.
 
-Arrays: volumes ``(z, y, x)``, normalised as for the network; centres in voxels
+Arrays: volumes ``(z, y, x)``, normalised as for the network (``normalize.Voxels``);
+centres in voxels
 ``(x, y, z)`` (``coordinates.ParticleTable``).
 """
 

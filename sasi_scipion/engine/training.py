@@ -48,6 +48,7 @@ from .limits import finite_problem, iterations_problem, seed_problem
 from .losses import consistency_loss, dice_focal_loss, nt_xent_loss
 from .models.layers import share_batch_statistics
 from .models.projection import ProjectionHead
+from .normalize import Voxels
 from .progress import StepReport
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
 from .training_data import TrainingData
@@ -196,7 +197,8 @@ class SaSiTrainer:
         model: a backbone from ``models.build_backbone`` (logits and ``encode``).
         data: labelled tomograms, or ``None`` for self-supervised pre-training
             (then every step is a SimCLR step).
-        unlabelled: normalised ``(z, y, x)`` volumes for SimCLR and consistency.
+        unlabelled: normalised ``(z, y, x)`` volumes for SimCLR and consistency
+            (``normalize.Voxels``).
         settings: the run's hyper-parameters.
         device: where to compute.
         replica: this process's place in a data-parallel run (see ``distributed``);
@@ -207,7 +209,7 @@ class SaSiTrainer:
         self,
         model: nn.Module,
         data: TrainingData | None,
-        unlabelled: list[np.ndarray],
+        unlabelled: list[Voxels],
         settings: TrainingSettings,
         device: torch.device,
         replica: Replica = ALONE,

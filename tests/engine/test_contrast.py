@@ -80,6 +80,8 @@ def test_skewness_in_slabs_is_the_skewness_of_the_whole_pooled_volume(
     raw = volume * 3.0 + 7.0
     assert contrast_skew(NormalisedVolume(raw)) == pytest.approx(
         contrast_skew(normalise(raw)), rel=1e-9)
+    assert contrast_skew(np.full((9, 8, 8), 1e4, np.float32)) == 0.0  # no spread, no sign
+    assert contrast_skew(volume + np.float32(50)) == pytest.approx(expected, rel=1e-5)
     assert label_contrast([NormalisedVolume(raw)], [label_map]) == DARK  # in slabs too
     assert label_contrast([NormalisedVolume(raw, negate=True)], [label_map]) == BRIGHT
 
