@@ -39,13 +39,12 @@ import torch
 from .atomic import atomic_output
 from .errors import SasiInputError
 from .model_file import load_safely
+from .mrc_io import z_slabs
 from .normalize import Voxels
 
 FORMAT = "sasi-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".ckpt"
-FINGERPRINT_SLAB_BYTES = 64 * 2**20
-"""Bytes of an input array hashed at a time (:func:`run_fingerprint`)."""
 PACKAGE = __name__.rsplit(".", 1)[0]
 """Objects of classes defined under this package are searched for state."""
 
@@ -152,14 +151,13 @@ def run_fingerprint(description: dict[str, Any], arrays: Sequence[Voxels],
                     initial: dict[str, torch.Tensor]) -> str:
     """A digest of what determines a run: its JSON-ready ``description`` (command,
     settings, classes ...), its input ``arrays`` (a ``NormalisedVolume`` by its
-    normalised values; each read in slabs of about ``FINGERPRINT_SLAB_BYTES`` along its
-    first axis) and its ``initial`` weights."""
+    normalised values; each read in ``mrc_io.z_slabs`` along its first axis) and its
+    ``initial`` weights."""
     digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
     for array in arrays:
         digest.update(str(array.shape).encode())
-        planes = max(1, FINGERPRINT_SLAB_BYTES // max(1, array[:1].nbytes))
-        for start in range(0, max(array.shape[0], 1), planes):  # the whole array's digest
-            digest.update(np.ascontiguousarray(array[start:start + planes]).data)
+        for planes in z_slabs(array.shape):  # in order: the whole array's digest
+            digest.update(np.ascontiguousarray(array[planes]).data)
     for name, tensor in initial.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

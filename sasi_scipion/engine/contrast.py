@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from . import mrc_io
 from .normalize import Voxels
 
 DARK, BRIGHT = "dark", "bright"
 CONTRASTS = (DARK, BRIGHT)
 SKEW_POOL = 3
 """Edge (voxels) of the box mean before the skewness; stride ``SKEW_POOL - 1``."""
-SKEW_SLAB_VOXELS = 16_000_000
-"""Voxels read at a time by :func:`contrast_skew` and :func:`label_contrast`."""
 SKEW_MARGIN = 0.5
 """Smallest skewness magnitude taken as a clear sign: 118 of 120 simulated tomograms
 (SNR 0.05 to 0.5, fill 2 to 30 %, with and without distractors) lay beyond it, all with
@@ -38,14 +37,12 @@ the right sign (``benchmarks/contrast_check.json``)."""
 def label_contrast(volumes: Sequence[Voxels], label_maps: Sequence[np.ndarray]) -> str:
     """:data:`DARK` when the labelled voxels (label map > 0) of the normalised
     ``volumes`` are on average darker than the others, else :data:`BRIGHT`; volumes
-    and label maps ``(z, y, x)`` pair in order, read in z slabs of about
-    ``SKEW_SLAB_VOXELS`` voxels."""
+    and label maps ``(z, y, x)`` pair in order, read in ``mrc_io.z_slabs``."""
     inside = outside = 0.0
     n_in = n_out = 0
     for volume, labels in zip(volumes, label_maps):
-        planes = max(1, SKEW_SLAB_VOXELS // (volume.shape[1] * volume.shape[2]))
-        for start in range(0, volume.shape[0], planes):
-            values, mask = volume[start:start + planes], labels[start:start + planes] > 0
+        for planes in mrc_io.z_slabs(volume.shape):
+            values, mask = volume[planes], labels[planes] > 0
             labelled = int(mask.sum())
             inside += float(values[mask].sum(dtype=np.float64))
             outside += float(values[~mask].sum(dtype=np.float64))
@@ -56,12 +53,12 @@ def label_contrast(volumes: Sequence[Voxels], label_maps: Sequence[np.ndarray]) 
 def contrast_skew(volume: Voxels) -> float:
     """Skewness of ``volume`` ``(z, y, x)`` (an array or a ``NormalisedVolume``) after a
     :data:`SKEW_POOL`-voxel box mean with stride ``SKEW_POOL - 1`` (dimensionless;
-    negative for dark objects). Read in z slabs of about ``SKEW_SLAB_VOXELS`` voxels,
+    negative for dark objects). Read in z slabs of about ``mrc_io.READ_SLAB_VOXELS`` voxels,
     so a large tomogram is never copied whole."""
     stride = SKEW_POOL - 1
     depth, height, width = volume.shape
     outputs = (depth - SKEW_POOL) // stride + 1
-    planes = max(1, SKEW_SLAB_VOXELS // (stride * height * width))
+    planes = max(1, mrc_io.READ_SLAB_VOXELS // (stride * height * width))
     sums = np.zeros(4)  # count, and the sums of the shifted pooled values' three powers
     shift = None  # the first slab's mean: moments about it do not cancel
     for first in range(0, max(outputs, 0), planes):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -237,18 +238,25 @@ def check_tomogram_array(volume: Volume, name: str, values: bool = False) -> Mrc
     return MrcInfo(shape=shape, voxel_size=volume.voxel_size)  # type: ignore[arg-type]
 
 
-CHECK_SLAB_VOXELS = 16_000_000
-"""Voxels :func:`_check_values` reads at a time."""
+READ_SLAB_VOXELS = 16_000_000
+"""Voxels that a pass over a whole volume (value checks, contrast, run fingerprints)
+reads at a time: its memory stays bounded however large the tomogram."""
+
+
+def z_slabs(shape: Sequence[int]) -> Iterator[slice]:
+    """Slices of the first axis of an array of ``shape`` that cover it in order, each of
+    about ``READ_SLAB_VOXELS`` voxels (at least one plane)."""
+    planes = max(1, READ_SLAB_VOXELS // max(1, math.prod(shape[1:])))
+    for start in range(0, shape[0], planes):
+        yield slice(start, start + planes)
 
 
 def _check_values(source: str | os.PathLike, data: np.ndarray) -> None:
     """Refuse NaN or infinite values, or a volume whose voxels all have one value;
-    ``data`` ``(z, y, x)`` (in memory or memory-mapped) is read in z slabs of about
-    ``CHECK_SLAB_VOXELS`` voxels."""
-    planes = max(1, CHECK_SLAB_VOXELS // max(1, data.shape[1] * data.shape[2]))
+    ``data`` ``(z, y, x)`` (in memory or memory-mapped) is read in :func:`z_slabs`."""
     low, high = math.inf, -math.inf
-    for start in range(0, data.shape[0], planes):
-        slab = data[start:start + planes]
+    for planes in z_slabs(data.shape):
+        slab = data[planes]
         if not np.isfinite(slab).all():
             raise SasiInputError(
                 f"{source}: holds NaN or infinite values; fix or re-export the tomogram"

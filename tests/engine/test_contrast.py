@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sasi_scipion.engine import contrast
+from sasi_scipion.engine import contrast, mrc_io
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.contrast import (
     BRIGHT,
@@ -74,7 +74,7 @@ def test_skewness_in_slabs_is_the_skewness_of_the_whole_pooled_volume(
                                             stride=contrast.SKEW_POOL - 1).double().ravel()
     centred = pooled - pooled.mean()
     expected = float((centred**3).mean() / (centred**2).mean() ** 1.5)
-    monkeypatch.setattr(contrast, "SKEW_SLAB_VOXELS",
+    monkeypatch.setattr(mrc_io, "READ_SLAB_VOXELS",
                         planes * (contrast.SKEW_POOL - 1) * volume.shape[1] * volume.shape[2])
     assert contrast_skew(volume) == pytest.approx(expected, rel=1e-9)
     raw = volume * 3.0 + 7.0

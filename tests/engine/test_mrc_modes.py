@@ -118,7 +118,7 @@ def test_a_mapped_tomogram_normalises_on_read_as_its_float32_copy(tmp_path: Path
 
 def test_values_are_checked_slab_by_slab_to_the_last_plane(tmp_path: Path,
                                                            monkeypatch) -> None:
-    monkeypatch.setattr(mrc_io, "CHECK_SLAB_VOXELS", SHAPE[1] * SHAPE[2])  # one plane a slab
+    monkeypatch.setattr(mrc_io, "READ_SLAB_VOXELS", SHAPE[1] * SHAPE[2])  # one plane a slab
     data = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     data[-1, -1, -1] = np.nan
     _write(tmp_path / "nan.mrc", data)
