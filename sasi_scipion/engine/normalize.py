@@ -74,11 +74,8 @@ class NormalisedVolume:
         return tuple(int(n) for n in self.raw.shape)
 
     @property
-    def ndim(self) -> int:
-        return self.raw.ndim
-
-    @property
     def dtype(self) -> np.dtype:
+        """``float32``, the dtype of what is read."""
         return np.dtype(np.float32)
 
     def __getitem__(self, index: object) -> np.ndarray:
