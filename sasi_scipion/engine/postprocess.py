@@ -11,7 +11,8 @@ Method card item 9. Three ways to find particles (``COMPONENT_MODES``):
   probability (Gaussian, sigma = half the smallest radius) above the same
   threshold, as the best CZII challenge solutions find centres; a peak's
   class by the summed votes of its particle voxels within a class radius, peaks closer than a
-  class radius to a better one dropped. Touching particles need no k-means.
+  class radius to a better one dropped, and closer than ``SAME_CLASS_SUPPRESSION``
+  class radii to a better one of the same class. Touching particles need no k-means.
 - ``argmax`` (the paper's): per class, 26-connected
   components of the argmax map (all classes labelled in one multi-label cc3d
   pass, ``_Components.per_label``).
@@ -51,6 +52,11 @@ SPLIT_FACTOR = 1.6
 PEAK_SLAB_VOXELS = 32_000_000
 """Voxels of one z slab of the peak search (``peak_candidates``), halo included: its
 working memory is about 30 bytes a voxel (1 GB), whatever the tomogram's size."""
+SAME_CLASS_SUPPRESSION = 1.5
+"""With ``peaks``, a peak closer than this many class radii to a better peak of the
+same class is the same particle (a large or elongated particle's second maximum);
+peaks of other classes suppress only within a radius, so touching particles of
+different classes stay apart (``docs/method.md``, post-processing)."""
 FOREGROUND_THRESHOLD = 0.5
 """With ``foreground`` components, a voxel belongs to a particle when its particle
 probability (one minus the background probability) exceeds this."""
@@ -437,29 +443,34 @@ class _KeptPeaks:
         self.cell = cell
         self.centres: list[np.ndarray] = []
         self.radii: list[float] = []
+        self.classes: list[int] = []
         self.cells: dict[tuple[int, int, int], list[int]] = {}
 
     def _cell_of(self, point: np.ndarray) -> tuple[int, int, int]:
         z, y, x = (int(v) // self.cell for v in point)
         return z, y, x
 
-    def near(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def near(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Distances from ``point`` to the kept peaks in its cell and the 26 around it
-        (every kept peak closer than ``cell`` voxels is among them), and their radii."""
+        (every kept peak closer than ``cell`` voxels is among them), their radii and
+        their class indices."""
         z, y, x = self._cell_of(point)
         indices = [i for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                    for i in self.cells.get((z + dz, y + dy, x + dx), ())]
         if not indices:
-            return np.zeros(0), np.zeros(0)
+            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=int)
         centres = np.array([self.centres[i] for i in indices])
         return (np.linalg.norm(centres - point, axis=1),
-                np.array([self.radii[i] for i in indices]))
+                np.array([self.radii[i] for i in indices]),
+                np.array([self.classes[i] for i in indices]))
 
-    def add(self, point: np.ndarray, radius: float) -> None:
-        """Keep the peak at ``point`` (voxels ``(z, y, x)``) with its class ``radius``."""
+    def add(self, point: np.ndarray, radius: float, klass: int) -> None:
+        """Keep the peak at ``point`` (voxels ``(z, y, x)``) of class index ``klass``
+        with its class ``radius``."""
         self.cells.setdefault(self._cell_of(point), []).append(len(self.centres))
         self.centres.append(point.astype(np.float64))
         self.radii.append(radius)
+        self.classes.append(klass)
 
 
 def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
@@ -470,7 +481,8 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     class from the summed probability votes of its particle voxels within the
     radius of the class that wins within the smallest radius, kept when
     enough of its class sphere is particle and no better peak lies within that radius
-    (or within the better peak's own radius);
+    (or within the better peak's own radius), nor one of the same class within
+    ``SAME_CLASS_SUPPRESSION`` radii;
     centre = the probability-weighted centroid within half its radius, score = the
     mean particle probability within it."""
     radius_array = np.asarray(radii, dtype=np.float64)
@@ -479,10 +491,11 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     foreground = segmentation.foreground
     reach = int(math.ceil(radius_array.max()))
     neighbourhood = _Neighbourhood(foreground.shape, reach)
-    kept = _KeptPeaks(max(reach, 1))  # no peak suppresses beyond the largest radius
+    # no peak suppresses beyond the largest radius times the same-class factor
+    kept = _KeptPeaks(max(suppression_reach(radii), 1))
     found = []
     for peak in zyx:
-        distances, kept_radii = kept.near(peak)
+        distances, kept_radii, kept_classes = kept.near(peak)
         if (distances < kept_radii).any():  # inside a better peak's particle
             continue
         box, near, corner = neighbourhood.around(peak)
@@ -493,7 +506,8 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         guess = _vote(labels, scores, near <= vote_radii.min(), len(radii))
         klass = _vote(labels, scores, near <= vote_radii[guess], len(radii))
         radius = float(radius_array[klass])
-        if (distances < radius).any():
+        if ((distances < radius).any() or ((kept_classes == klass)
+                                           & (distances < SAME_CLASS_SUPPRESSION * radius)).any()):
             continue
         sphere = near <= radius
         particle = sphere & (probability > threshold)
@@ -504,7 +518,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         points = np.stack(np.unravel_index(np.flatnonzero(core),
                                            tuple(s.stop - s.start for s in box)), axis=1)
         centre = ((points + corner) * weights[:, None]).sum(axis=0) / weights.sum()
-        kept.add(peak, radius)
+        kept.add(peak, radius, klass)
         found.append((klass, centre, float(probability[particle].mean())))
     return found
 
@@ -553,12 +567,19 @@ def extract_particles(
                          np.array([score for _, _, score in found]))
 
 
+def suppression_reach(radii: Sequence[float]) -> int:
+    """Voxels (rounded up) within which a kept peak can suppress another: the largest
+    radius times ``SAME_CLASS_SUPPRESSION``."""
+    return int(math.ceil(SAME_CLASS_SUPPRESSION * max(radii)))
+
+
 def extraction_reach(radii: Sequence[float]) -> int:
     """Voxels beyond a particle voxel that any component mode of
     :func:`extract_particles` reads or compares with: the peak search's reach, plus the
-    largest radius (class votes, sphere fill, suppression by a better peak, fragment
-    merging), plus the one-voxel gap a peak may keep from a particle voxel."""
-    return peak_search_reach(float(min(radii))) + int(math.ceil(max(radii))) + 1
+    farthest a peak looks (class votes, sphere fill and fragment merging within the
+    largest radius, suppression by a better peak within :func:`suppression_reach`),
+    plus the one-voxel gap a peak may keep from a particle voxel."""
+    return peak_search_reach(float(min(radii))) + suppression_reach(radii) + 1
 
 
 def isolated_boxes(boxes: Sequence[Box], margin: int, shape_zyx: Sequence[int]) -> list[Box]:

@@ -32,6 +32,7 @@ from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
 from sasi_scipion.engine.normalize import NormalisedVolume, normalisation_stats, normalise
 from sasi_scipion.engine.postprocess import (
     COMPONENT_MODES,
+    SAME_CLASS_SUPPRESSION,
     Segmentation,
     _peak_particles,
     extract_particles,
@@ -230,12 +231,14 @@ def test_small_components_are_dropped_and_min_score_applies(components) -> None:
 
 @pytest.mark.parametrize("components", COMPONENT_MODES)
 def test_touching_particles_are_split_and_fragments_merged(components) -> None:
-    touching = ParticleTable([[20, 30, 20], [28, 30, 20]], ["a", "a"])  # 8 apart, radius 5
+    # 10 apart, radius 5: the spheres share a voxel. (Closer, one class's peaks are
+    # within SAME_CLASS_SUPPRESSION radii: see the test of that rule.)
+    touching = ParticleTable([[20, 30, 20], [30, 30, 20]], ["a", "a"])
     picks = extract_particles(_segmentation(touching, [5, 5]), ["a", "b"], [5, 5],
                               components=components)
     assert len(picks) == 2
     found = np.sort(picks.xyz[:, 0])
-    assert np.allclose(found, [20, 28], atol=1.0)
+    assert np.allclose(found, [20, 30], atol=1.0)
 
     labels = _segmentation(ParticleTable([[30, 30, 20]], ["a"]), [5, 5]).labels
     labels[20, 30, 30] = 0  # cut the sphere in two 26-disconnected halves
@@ -277,6 +280,45 @@ def test_peaks_separate_a_row_of_touching_particles_of_two_sizes() -> None:
     assert list(picks.classes[order]) == list(truth.classes)
 
 
+def _two_peaked_particles(centres_x: list[float], labels_of: list[int], radius: float,
+                          shape: tuple[int, int, int] = (30, 30, 50)) -> Segmentation:
+    """Overlapping spheres of ``radius`` on the line ``y = z = 15`` (centres at
+    ``centres_x``), each voxel labelled ``labels_of`` its nearest centre, the particle
+    probability falling from 0.95 at each centre to 0.55 at its sphere's surface: one
+    maximum per sphere."""
+    z, y, x = np.indices(shape).astype(np.float64)
+    distances = np.stack([np.sqrt((x - cx) ** 2 + (y - 15) ** 2 + (z - 15) ** 2)
+                          for cx in centres_x])
+    nearest = distances.argmin(axis=0)
+    inside = distances.min(axis=0) <= radius
+    labels = np.where(inside, np.asarray(labels_of)[nearest], 0).astype(np.uint8)
+    probability = np.where(inside, 0.95 - 0.4 * distances.min(axis=0) / radius, 0.05)
+    return Segmentation(labels, probability.astype(np.float16), probability.astype(np.float16))
+
+
+@pytest.mark.parametrize(("apart", "labels_of", "expected"), [
+    (9.0, [2, 2], ["b"]),  # one class, maxima 7 apart (1.17 radii): one elongated particle
+    (12.0, [2, 2], ["b", "b"]),  # 2 radii, touching: maxima 12 apart, two particles
+    (9.0, [1, 2], ["a", "b"]),  # two classes, maxima 7 apart: two touching particles
+])
+def test_peaks_of_one_class_within_the_suppression_distance_are_one_particle(
+        apart: float, labels_of: list[int], expected: list[str]) -> None:
+    """A second maximum closer than ``SAME_CLASS_SUPPRESSION`` radii to a better one of
+    the same class is the same particle; of another class, a touching particle. (The
+    smoothed maxima of overlapping spheres drift towards each other: 9 apart, they
+    lie 7 apart, beyond one radius and within 1.5.)"""
+    radius = 6.0
+    assert radius < 7.0 < SAME_CLASS_SUPPRESSION * radius < 12.0
+    seg = _two_peaked_particles([20.0, 20.0 + apart], labels_of, radius)
+    picks = extract_particles(seg, ["a", "b"], [radius, radius], components="peaks")
+    order = np.argsort(picks.xyz[:, 0])
+    assert list(picks.classes[order]) == expected
+    if len(expected) == 2:
+        assert np.allclose(picks.xyz[order, 0], [20.0, 20.0 + apart], atol=1.0)
+    else:
+        assert 19.0 <= picks.xyz[0, 0] <= 21.0 + apart
+
+
 @pytest.mark.parametrize("planes", [1, 12, 25])
 def test_peak_search_in_slabs_gives_the_whole_volume_result(planes: int) -> None:
     """The peak search of a large tomogram runs in z slabs with halos: slabs of
@@ -310,6 +352,7 @@ def _peaks_scanning_every_voxel_and_kept_peak(segmentation: Segmentation, radii:
     distances = np.sqrt((offsets**2).sum(axis=1))
     kept_centres: list[np.ndarray] = []
     kept_radii: list[float] = []
+    kept_classes: list[int] = []
     found = []
 
     def vote(labels, scores, chosen) -> int:
@@ -327,9 +370,12 @@ def _peaks_scanning_every_voxel_and_kept_peak(segmentation: Segmentation, radii:
         guess = vote(labels, scores, near <= vote_radii.min())
         klass = vote(labels, scores, near <= vote_radii[guess])
         radius = float(radius_array[klass])
-        if kept_centres and (np.linalg.norm(np.array(kept_centres) - peak, axis=1)
-                             < np.maximum(np.array(kept_radii), radius)).any():
-            continue
+        if kept_centres:
+            apart = np.linalg.norm(np.array(kept_centres) - peak, axis=1)
+            same = np.array(kept_classes) == klass
+            if ((apart < np.maximum(np.array(kept_radii), radius)).any()
+                    or (same & (apart < SAME_CLASS_SUPPRESSION * radius)).any()):
+                continue
         sphere = near <= radius
         particle = sphere & (probability > threshold)
         if particle.sum() < min_size_fraction * 4.0 / 3.0 * math.pi * radius**3:
@@ -339,6 +385,7 @@ def _peaks_scanning_every_voxel_and_kept_peak(segmentation: Segmentation, radii:
         centre = (points[core] * weights[:, None]).sum(axis=0) / weights.sum()
         kept_centres.append(peak.astype(np.float64))
         kept_radii.append(radius)
+        kept_classes.append(klass)
         found.append((klass, centre, float(probability[particle].mean())))
     return found
 
@@ -386,9 +433,9 @@ def test_particles_in_regions_equal_the_whole_volume_ones(components) -> None:
     (classes and scores bit for bit, centres to float rounding: a crop's centroids are
     taken in its own voxels) in the same order, in every component mode."""
     rng = np.random.default_rng(3)
-    shape = (36, 60, 160)
+    shape = (36, 60, 175)
     radii = [3.0, 4.5, 6.5]
-    truth = ParticleTable(rng.uniform(0, 1, (280, 3)) * [160, 60, 36],
+    truth = ParticleTable(rng.uniform(0, 1, (280, 3)) * [175, 60, 36],
                           rng.choice(["a", "b", "c"], 280))
     labels = sphere_label_volume(shape, truth, ["a", "b", "c"], radii)
     speckle = rng.random(shape) < 0.02
@@ -396,7 +443,7 @@ def test_particles_in_regions_equal_the_whole_volume_ones(components) -> None:
     foreground = np.clip((labels > 0) * 0.7 + 0.4 * rng.random(shape), 0, 1)
     scores = 0.5 + 0.5 * rng.random(shape)
     regions = [((0, 14), (5, 25), (3, 22)), ((10, 30), (8, 28), (22, 40)),
-               ((20, 36), (40, 60), (125, 160)), ((4, 18), (40, 55), (75, 90))]
+               ((20, 36), (40, 60), (140, 175)), ((4, 18), (40, 55), (80, 95))]
     inside = np.zeros(shape, dtype=bool)
     for box in regions:
         inside[tuple(slice(lo, hi) for lo, hi in box)] = True
