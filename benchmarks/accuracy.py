@@ -75,6 +75,7 @@ from sasi_scipion.engine.picking import segment_tomogram
 from sasi_scipion.engine.postprocess import (
     COMPONENT_MODES,
     FOREGROUND_THRESHOLD,
+    SAME_CLASS_SUPPRESSION,
     extract_particles,
     smooth_gaussian,
 )
@@ -249,14 +250,17 @@ def finished_run(report_path: Path) -> tuple[dict, Path, Path, dict, list[str]]:
 
 
 def rescore(report_path: Path, components: list[str], min_scores: list[float],
-            cutoff_factors: list[float], foreground_thresholds: list[float]) -> dict:
+            cutoff_factors: list[float], foreground_thresholds: list[float],
+            same_class_suppressions: list[float] = (SAME_CLASS_SUPPRESSION,)) -> dict:
     """Pick the test tomograms again with every learned model of a finished report,
     extracting particles with each component mode and score cut-off from one
     segmentation per model and tomogram; return a report of the same layout whose
     results carry ``components`` and ``min_score`` (a number, or ``auto x F``: the
     per-class cut-offs of ``thresholds.score_cutoffs`` with factor F, from the
     model's picks of its training tomogram and the labels it was trained on), and
-    ``foreground`` and ``peaks`` at each of ``foreground_thresholds``."""
+    ``foreground`` and ``peaks`` at each of ``foreground_thresholds``, ``peaks`` also
+    at each of ``same_class_suppressions`` (named in ``components`` when not the
+    default)."""
     report, work, data, dataset, tests = finished_run(report_path)
     use_all_cpus(torch.device("cpu"))
     results = []
@@ -271,13 +275,19 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
                          for name in [TRAINING_TOMOGRAM, *tests]}
         training = segmentations.pop(TRAINING_TOMOGRAM)
         labels = read_particles(work / f"labels_{entry['labels']}_{entry['seed']}.tsv")
-        for mode, threshold in [(m, t) for m in components
-                                for t in (foreground_thresholds if m != "argmax"
-                                          else [None])]:
+        for mode, threshold, suppression in [
+                (m, t, f) for m in components
+                for t in (foreground_thresholds if m != "argmax" else [None])
+                for f in (same_class_suppressions if m == "peaks"
+                          else [SAME_CLASS_SUPPRESSION])]:
             extract = functools.partial(extract_particles, class_names=meta.classes,
                                         radii=meta.radii, components=mode,
+                                        same_class_suppression=suppression,
                                         **({} if threshold is None
                                            else {"foreground_threshold": threshold}))
+            mode_name = mode if threshold is None else f"{mode} > {threshold}"
+            if suppression != SAME_CLASS_SUPPRESSION:
+                mode_name += f", same class within {suppression} radii"
             training_picks = extract(training)
             cuts: list[tuple[float | str, float | list[float]]] = [(c, c) for c in min_scores]
             cuts += [(f"auto x {factor}", score_cutoffs([training_picks], [labels],
@@ -288,8 +298,7 @@ def rescore(report_path: Path, components: list[str], min_scores: list[float],
                          for name, seg in segmentations.items()}
                 results.append({**{k: entry[k] for k in ("row", "labels", "seed", "train_s")},
                                 "pick_mode": entry.get("pick_mode", "tiled"),
-                                "components": mode if threshold is None
-                                else f"{mode} > {threshold}", "min_score": name_of_cut,
+                                "components": mode_name, "min_score": name_of_cut,
                                 **_score(picks, data, tests, dataset["unscored"],
                                          report["radii"])})
                 print(results[-1], file=sys.stderr)
@@ -325,6 +334,10 @@ def main() -> None:
                         default=[FOREGROUND_THRESHOLD],
                         help="with --rescore: particle probabilities for foreground "
                              "components")
+    parser.add_argument("--same-class-suppressions", nargs="+", type=float,
+                        default=[SAME_CLASS_SUPPRESSION],
+                        help="with --rescore: for peaks, the distances (class radii) "
+                             "within which a better peak of the same class drops a peak")
     parser.add_argument("--one-class", default=ONE_CLASS,
                         help="the class of the sasi-one-class row (default %(default)s)")
     parser.add_argument("--out", required=True)
@@ -332,7 +345,7 @@ def main() -> None:
     if args.rescore:
         Path(args.out).write_text(json.dumps(
             rescore(args.rescore, args.components, args.min_scores, args.cutoff_factors,
-                    args.foreground_thresholds),
+                    args.foreground_thresholds, args.same_class_suppressions),
             indent=2) + "\n")
         return
     profile = dict(PROFILES[args.profile])

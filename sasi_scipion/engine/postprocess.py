@@ -474,7 +474,8 @@ class _KeptPeaks:
 
 
 def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
-                    min_size_fraction: float, threshold: float
+                    min_size_fraction: float, threshold: float,
+                    same_class_suppression: float = SAME_CLASS_SUPPRESSION
                     ) -> list[tuple[int, np.ndarray, float]]:
     """``(class index, centre (z, y, x), score)`` per particle: local maxima of the
     smoothed particle probability on or next to the voxels above ``threshold``; each peak's
@@ -482,7 +483,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     radius of the class that wins within the smallest radius, kept when
     enough of its class sphere is particle and no better peak lies within that radius
     (or within the better peak's own radius), nor one of the same class within
-    ``SAME_CLASS_SUPPRESSION`` radii;
+    ``same_class_suppression`` radii;
     centre = the probability-weighted centroid within half its radius, score = the
     mean particle probability within it."""
     radius_array = np.asarray(radii, dtype=np.float64)
@@ -492,7 +493,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
     reach = int(math.ceil(radius_array.max()))
     neighbourhood = _Neighbourhood(foreground.shape, reach)
     # no peak suppresses beyond the largest radius times the same-class factor
-    kept = _KeptPeaks(max(suppression_reach(radii), 1))
+    kept = _KeptPeaks(max(suppression_reach(radii, same_class_suppression), 1))
     found = []
     for peak in zyx:
         distances, kept_radii, kept_classes = kept.near(peak)
@@ -507,7 +508,7 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         klass = _vote(labels, scores, near <= vote_radii[guess], len(radii))
         radius = float(radius_array[klass])
         if ((distances < radius).any() or ((kept_classes == klass)
-                                           & (distances < SAME_CLASS_SUPPRESSION * radius)).any()):
+                                           & (distances < same_class_suppression * radius)).any()):
             continue
         sphere = near <= radius
         particle = sphere & (probability > threshold)
@@ -531,6 +532,7 @@ def extract_particles(
     min_score: float | Sequence[float] = 0.0,
     components: ComponentMode = DEFAULT_COMPONENTS,
     foreground_threshold: float = FOREGROUND_THRESHOLD,
+    same_class_suppression: float = SAME_CLASS_SUPPRESSION,
 ) -> ParticleTable:
     """Particles of every class in a segmentation.
 
@@ -544,6 +546,8 @@ def extract_particles(
         components: one of ``COMPONENT_MODES``.
         foreground_threshold: with ``foreground`` or ``peaks``, the particle
             probability a voxel must exceed.
+        same_class_suppression: with ``peaks``, a peak closer than this many class
+            radii to a better peak of the same class is dropped (at least 1).
 
     Returns:
         Centres in voxels ``(x, y, z)`` with class and score, sorted by class then
@@ -552,11 +556,17 @@ def extract_particles(
     if components not in COMPONENT_MODES:
         raise ValueError(f"components {components!r}: choose one of {COMPONENT_MODES}")
     cut = np.broadcast_to(np.asarray(min_score, dtype=np.float64), (len(class_names),))
+    if same_class_suppression < 1.0:
+        raise ValueError(f"same_class_suppression {same_class_suppression}: at least 1 "
+                         "(a peak within one radius of a better one is always dropped)")
     if components == "argmax":
         particles = _argmax_particles(segmentation, radii, min_size_fraction)
+    elif components == "foreground":
+        particles = _foreground_particles(segmentation, radii, min_size_fraction,
+                                          foreground_threshold)
     else:
-        finder = _foreground_particles if components == "foreground" else _peak_particles
-        particles = finder(segmentation, radii, min_size_fraction, foreground_threshold)
+        particles = _peak_particles(segmentation, radii, min_size_fraction,
+                                    foreground_threshold, same_class_suppression)
     found = [(index, centre, score) for index, centre, score in particles
              if score >= cut[index]]
     found.sort(key=lambda item: (item[0], -item[2]))
@@ -567,19 +577,22 @@ def extract_particles(
                          np.array([score for _, _, score in found]))
 
 
-def suppression_reach(radii: Sequence[float]) -> int:
+def suppression_reach(radii: Sequence[float],
+                      same_class_suppression: float = SAME_CLASS_SUPPRESSION) -> int:
     """Voxels (rounded up) within which a kept peak can suppress another: the largest
-    radius times ``SAME_CLASS_SUPPRESSION``."""
-    return int(math.ceil(SAME_CLASS_SUPPRESSION * max(radii)))
+    radius times ``same_class_suppression``."""
+    return int(math.ceil(same_class_suppression * max(radii)))
 
 
-def extraction_reach(radii: Sequence[float]) -> int:
+def extraction_reach(radii: Sequence[float],
+                     same_class_suppression: float = SAME_CLASS_SUPPRESSION) -> int:
     """Voxels beyond a particle voxel that any component mode of
     :func:`extract_particles` reads or compares with: the peak search's reach, plus the
     farthest a peak looks (class votes, sphere fill and fragment merging within the
     largest radius, suppression by a better peak within :func:`suppression_reach`),
     plus the one-voxel gap a peak may keep from a particle voxel."""
-    return peak_search_reach(float(min(radii))) + suppression_reach(radii) + 1
+    return (peak_search_reach(float(min(radii)))
+            + suppression_reach(radii, same_class_suppression) + 1)
 
 
 def isolated_boxes(boxes: Sequence[Box], margin: int, shape_zyx: Sequence[int]) -> list[Box]:
@@ -610,7 +623,9 @@ def extract_particles_in(segmentation: Segmentation, regions: Sequence[Box],
     The result is the whole volume's, in far less time when the regions cover a small
     part of a large tomogram."""
     tables = []
-    for box in isolated_boxes(regions, extraction_reach(radii), segmentation.labels.shape):
+    reach = extraction_reach(radii, options.get("same_class_suppression",
+                                                SAME_CLASS_SUPPRESSION))
+    for box in isolated_boxes(regions, reach, segmentation.labels.shape):
         crop = tuple(slice(lo, hi) for lo, hi in box)
         table = extract_particles(Segmentation(segmentation.labels[crop],
                                                segmentation.scores[crop],

@@ -319,6 +319,17 @@ def test_peaks_of_one_class_within_the_suppression_distance_are_one_particle(
         assert 19.0 <= picks.xyz[0, 0] <= 21.0 + apart
 
 
+def test_same_class_suppression_is_a_keyword_of_at_least_one_radius() -> None:
+    """At one radius (the rule before 2026-12-03) the elongated particle of the test
+    above is two picks; under one radius is refused, naming the bound."""
+    seg = _two_peaked_particles([20.0, 29.0], [2, 2], 6.0)
+    picks = extract_particles(seg, ["a", "b"], [6.0, 6.0], components="peaks",
+                              same_class_suppression=1.0)
+    assert list(picks.classes) == ["b", "b"]
+    with pytest.raises(ValueError, match="at least 1"):
+        extract_particles(seg, ["a", "b"], [6.0, 6.0], same_class_suppression=0.5)
+
+
 @pytest.mark.parametrize("planes", [1, 12, 25])
 def test_peak_search_in_slabs_gives_the_whole_volume_result(planes: int) -> None:
     """The peak search of a large tomogram runs in z slabs with halos: slabs of
