@@ -47,6 +47,7 @@ from .postprocess import (
     extract_particles,
     extract_particles_in,
     peak_search_reach,
+    suppression_reach,
 )
 from .prototypes import LabelPrototypes, prototypes_apply
 from .resample import resample, resampled_shape, resampling_problem, to_source_voxels
@@ -363,12 +364,14 @@ def label_picks(model: nn.Module, volumes: Sequence[Voxels],
 def label_regions(centres_zyx: np.ndarray, shape_zyx: tuple[int, ...],
                   radii: Sequence[float]) -> list[Box]:
     """The boxes around labelled points ``(z, y, x)`` (voxels) that decide the model's
-    picks near them: two of the largest class radius (a pick's own sphere and a
-    better neighbour's) plus the peak search's reach (``postprocess.peak_search_reach``),
-    clipped to the volume. Segmenting only the tiles that meet them
+    picks near them: the largest class radius (a pick's own sphere), the distance
+    within which a better neighbour suppresses it (``postprocess.suppression_reach``)
+    and the peak search's reach (``postprocess.peak_search_reach``), clipped to the
+    volume. Segmenting only the tiles that meet them
     (``inference.segment_tiled``'s ``regions``) gives the same calibration features
     and cut-offs as the whole volume, in a fraction of the time on a large tomogram."""
-    reach = 2 * float(max(radii)) + peak_search_reach(float(min(radii)))
+    reach = (float(max(radii)) + suppression_reach(radii)
+             + peak_search_reach(float(min(radii))))
     centres = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
     low = np.clip(np.floor(centres - reach), 0, None).astype(int)
     high = np.minimum(np.ceil(centres + reach).astype(int) + 1, np.asarray(shape_zyx))

@@ -215,8 +215,11 @@ def test_decisions_from_the_tiles_near_the_labels_equal_the_whole_volume(monkeyp
     np.testing.assert_array_equal(near[0].bias, whole[0].bias)
 
 
-def test_label_regions_reach_two_radii_and_the_peak_search_and_stop_at_the_faces() -> None:
-    regions = picking.label_regions(np.array([[2.0, 20.0, 30.4]]), (24, 40, 40), [3.0, 5.0])
-    reach = 10 + picking.peak_search_reach(3.0)
-    assert regions == [((0, 2 + reach + 1), (20 - reach, 20 + reach + 1),
-                        (int(np.floor(30.4 - reach)), 40))]
+def test_label_regions_reach_a_radius_the_suppression_and_the_peak_search_and_stop_at_the_faces(
+) -> None:
+    regions = picking.label_regions(np.array([[2.0, 30.0, 30.4]]), (40, 60, 45), [3.0, 5.0])
+    # the largest radius, 1.5 of it (rounded up) for a better same-class neighbour
+    reach = 5 + 8 + picking.peak_search_reach(3.0)
+    assert 2 + reach + 1 < 40 and 30.4 + reach > 45  # clipped at z = 0 and x = 45 only
+    assert regions == [((0, 2 + reach + 1), (30 - reach, 30 + reach + 1),
+                        (int(np.floor(30.4 - reach)), 45))]
