@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,7 @@ def finished_run(report_path: Path) -> tuple[dict, Path, Path, dict, list[str]]:
 
 def rescore(report_path: Path, components: list[str], min_scores: list[float],
             cutoff_factors: list[float], foreground_thresholds: list[float],
-            same_class_suppressions: list[float] = (SAME_CLASS_SUPPRESSION,)) -> dict:
+            same_class_suppressions: Sequence[float] = (SAME_CLASS_SUPPRESSION,)) -> dict:
     """Pick the test tomograms again with every learned model of a finished report,
     extracting particles with each component mode and score cut-off from one
     segmentation per model and tomogram; return a report of the same layout whose

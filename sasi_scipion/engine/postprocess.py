@@ -507,8 +507,9 @@ def _peak_particles(segmentation: Segmentation, radii: Sequence[float],
         guess = _vote(labels, scores, near <= vote_radii.min(), len(radii))
         klass = _vote(labels, scores, near <= vote_radii[guess], len(radii))
         radius = float(radius_array[klass])
-        if ((distances < radius).any() or ((kept_classes == klass)
-                                           & (distances < same_class_suppression * radius)).any()):
+        same_class = kept_classes == klass
+        if ((distances < radius).any()
+                or (same_class & (distances < same_class_suppression * radius)).any()):
             continue
         sphere = near <= radius
         particle = sphere & (probability > threshold)
