@@ -23,6 +23,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   (``--ema-decay 0.99``, ramping up from the first steps);
 - ``sasi+band-limit``: the same, with half the supervised windows band-limited to
   up to 1.5 times the voxel size (``--band-limit 1.5``: coarser tomograms);
+- ``sasi-bf16``: the same, trained under bf16 autocast (``--precision bf16``: float32
+  weights; fast where the CPU has AMX or on a GPU);
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
@@ -120,6 +122,7 @@ ROWS = {
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
     "sasi+band-limit": ["--band-limit", "1.5"],
+    "sasi-bf16": ["--precision", "bf16"],
     "sasi-one-class": [],
     "sasi-resunet": ["--arch", "resunet"],
     "sasi-vit": ["--arch", "vit"],
