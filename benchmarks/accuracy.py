@@ -10,7 +10,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   below mean - 2 sd), class-agnostic (pooled F1 only);
 - ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
 - ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
-- ``sasi``: everything (the engine's defaults);
+- ``sasi``: everything (the engine's defaults; the training precision ``auto`` is
+  bf16 on a CPU with AMX, else fp32: ``train_precision`` in each result says which);
 - ``sasi-paper``: everything with the paper's U-Net, without the batch
   normalisation the engine adds (``--no-batch-norm``);
 - ``sasi+background``: the same, with N background points per distractor kind added
@@ -23,8 +24,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   (``--ema-decay 0.99``, ramping up from the first steps);
 - ``sasi+band-limit``: the same, with half the supervised windows band-limited to
   up to 1.5 times the voxel size (``--band-limit 1.5``: coarser tomograms);
-- ``sasi-bf16``: the same, trained under bf16 autocast (``--precision bf16``: float32
-  weights; fast where the CPU has AMX or on a GPU);
+- ``sasi-fp32``, ``sasi-bf16``: the same, trained in float32 or under bf16 autocast
+  (``--precision``), whatever the CPU;
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
 Every learned row gets the same number of iterations. Results go to a JSON
@@ -122,6 +123,7 @@ ROWS = {
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
     "sasi+band-limit": ["--band-limit", "1.5"],
+    "sasi-fp32": ["--precision", "fp32"],
     "sasi-bf16": ["--precision", "bf16"],
     "sasi-one-class": [],
     "sasi-resunet": ["--arch", "resunet"],
@@ -449,7 +451,8 @@ def main() -> None:
                         picks[name] = read_particles(out, allow_empty=True)
                     one_class = row in ONE_CLASS_ROWS
                     results.append({"row": row, "labels": n, "seed": seed, "pick_mode": mode,
-                                    "train_s": round(train_s),
+                                    "train_s": round(train_s), "train_precision":
+                                    Model.load(model).metadata.settings.get("precision"),
                                     **_score(picks, data, tests, dataset["unscored"],
                                              None if one_class else radii,
                                              args.one_class if one_class else None)})

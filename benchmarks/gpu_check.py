@@ -21,9 +21,11 @@ GFLOP/s (a multiply-add is two FLOPs), MB (2^20 bytes); volumes are ``(z, y, x)`
   and the ratios to the floor (``pick_speed.add_ratios``); then the tiled default at
   larger tile budgets and, on a GPU, with cuDNN's algorithm search on. A row predicted to
   overrun the stage's time is skipped and says so.
-- ``correct``: with a model trained on the demo data, the tiled labels against one
-  whole-volume pass (a budget the volume fits in), at fp32 and at the default precision,
-  and the default precision's picks against fp32 picks: F1 by the distance rule.
+- ``correct``: with a model trained on the demo data, the tiled labels and scores
+  against one whole-volume pass (a budget the volume fits in), at fp32 and at the default
+  precision (the two passes convolve other shapes, so other kernels may round a near-tie
+  voxel the other way; a seam would change whole tile faces), and the default
+  precision's picks against fp32 picks: F1 by the distance rule.
 
 Every stage records ``environment``: the device, torch, CUDA and cuDNN versions and the
 engine defaults in force there. ``--tiny`` shrinks every size for a dry run on a CPU.
@@ -65,7 +67,6 @@ from train_speed import (
 )
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles
-from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS
 from sasi_scipion.engine.demo import DEMO_ITERATIONS, DEMO_SHAPE
 from sasi_scipion.engine.device import resolve_device
 from sasi_scipion.engine.inference import (
@@ -156,7 +157,7 @@ class Report:
 def environment(device: torch.device) -> dict:
     """The device, the library versions and the engine defaults in force on ``device``."""
     cuda = device.type == "cuda"
-    recipe = TrainingSettings(iterations=DEFAULT_ITERATIONS[device.type])
+    recipe = TrainingSettings().for_device(device)
     return {"device": str(device),
             "name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
             "memory_mb": torch.cuda.get_device_properties(device).total_memory // 2**20

@@ -66,7 +66,9 @@ def headline(stage: str, result: dict) -> list[str]:
                 for row in result.get("rows", [])]
     if stage == "correct":
         agreement = result.get("precision_agreement", {})
-        return [", ".join(f"tiled = whole ({name}): {entry['labels_equal']}"
+        return [", ".join(f"tiled = whole ({name}): {entry['labels_equal']} "
+                          f"({entry['mismatched_voxels']} voxels differ, scores by at most "
+                          f"{entry['max_score_difference']:.2g})"
                           for name, entry in result.get("tiled_vs_whole", {}).items())
                 + (f"; {agreement['precision']} picks against fp32 picks: F1 "
                    f"{agreement['f1_vs_fp32_picks']}" if agreement else "")]

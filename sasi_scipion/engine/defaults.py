@@ -48,9 +48,10 @@ particles again in its own training tomograms has not learned that class
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Inference precisions of ``sasi pick``."""
-TrainingPrecision = Literal["fp32", "bf16"]
+TrainingPrecision = Literal["auto", "fp32", "bf16"]
 TRAINING_PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
-"""Arithmetic of training steps (``TrainingSettings.precision``)."""
+"""Arithmetic of training steps (``TrainingSettings.precision``); ``auto`` is resolved
+per device by ``device.training_precision``."""
 BATCH_SIZE = 16
 """Windows per supervised or SimCLR training batch (the paper's value)."""
 WINDOW = 24

@@ -41,6 +41,7 @@ from .defaults import (
     SslSchedule,
     TrainingPrecision,
 )
+from .device import training_precision
 from .distributed import ALONE, Replica
 from .errors import SasiWarning, input_name
 from .infill import volume_infill
@@ -106,10 +107,9 @@ class TrainingSettings:
             400 of 8000 epochs until half of training, i.e. 10).
         temperature: NT-Xent temperature (paper: 0.1).
         seed: seed of every random choice.
-        precision: ``fp32`` (default), or ``bf16`` autocast (weights and
-            optimiser stay float32): 4x faster steps on an AMX CPU, but on the
-            demo data 200 bf16 steps reached a pooled F1 of 0.60 against 0.74
-            for 200 float32 steps, so it is opt-in.
+        precision: ``auto`` (default: ``bf16`` on a CPU with AMX, else ``fp32``;
+            :meth:`for_device` resolves it, ``device.training_precision``), ``fp32``,
+            or ``bf16`` autocast (weights and optimiser stay float32).
         ema_decay: weights saved are an exponential moving average of the training
             weights with this decay (0: the last weights); the decay ramps up
             as ``min(decay, (1 + n) / (10 + n))`` after ``n`` averaged steps, so
@@ -135,16 +135,17 @@ class TrainingSettings:
     pss_blocks: int = 10
     temperature: float = 0.1
     seed: int = 0
-    precision: TrainingPrecision = "fp32"
+    precision: TrainingPrecision = "auto"
     ema_decay: float = 0.0
     band_limit: float = 1.0
 
-    def for_device(self, device_type: str) -> TrainingSettings:
-        """These settings with the default budget of ``device_type`` (``"cpu"``,
-        ``"cuda"``) when :attr:`iterations` is ``None``."""
-        if self.iterations is not None:
-            return self
-        return dataclasses.replace(self, iterations=DEFAULT_ITERATIONS[device_type])
+    def for_device(self, device: torch.device) -> TrainingSettings:
+        """These settings as they run on ``device``: the default budget of its type
+        when :attr:`iterations` is ``None``, and the precision ``auto`` resolved."""
+        return dataclasses.replace(
+            self, iterations=(self.iterations if self.iterations is not None
+                              else DEFAULT_ITERATIONS[device.type]),
+            precision=training_precision(self.precision, device))
 
     def problem(self) -> str | None:
         """Why these settings cannot train, naming the setting and the fix (iterations,
@@ -218,7 +219,8 @@ class SaSiTrainer:
             raise ValueError("settings.iterations is None: give settings.for_device(...)")
         replica.check_divides(settings.batch_size, input_name("settings.batch_size"))
         replica.check_divides(settings.consistency_batch, "the consistency batch")
-        self.settings = settings
+        self.settings = dataclasses.replace(
+            settings, precision=training_precision(settings.precision, device))
         self.device = device
         self.replica = replica
         self.rng = np.random.default_rng(settings.seed)

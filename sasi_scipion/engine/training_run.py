@@ -178,7 +178,7 @@ def prepare_train(
     voxel = data.voxel_size or extra_size
     if pre_meta is not None:
         arch = pre_meta.arch
-    settings = settings.for_device(device.type)
+    settings = settings.for_device(device)
     arch_params = network_params(arch, batch_norm, pre_meta)
     torch.manual_seed(settings.seed)  # the initial weights too depend on the seed only
     model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
@@ -274,7 +274,7 @@ def prepare_pretrain(
     """
     _check_run(settings, arch, batch_norm)
     volumes, voxel = load_unlabelled(tomograms, WINDOW, voxel_size=voxel_size)
-    settings = replace(settings.for_device(device.type), infill=False, consistency=False,
+    settings = replace(settings.for_device(device), infill=False, consistency=False,
                        ssl="iss", ssl_fraction=1.0)
     arch_params = network_params(arch, batch_norm)
     torch.manual_seed(settings.seed)

@@ -28,9 +28,11 @@ from sasi_scipion.engine import (
     train,
 )
 from sasi_scipion.engine.coordinates import write_particles
+from sasi_scipion.engine.device import training_precision
 from sasi_scipion.engine.mrc_io import write_volume
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+CPU_DEVICE = torch.device("cpu")
 TINY = TrainingSettings(iterations=1, batch_size=2, consistency_batch=2)
 LABELS = ParticleTable([[10, 12, 8], [30, 20, 16], [20, 30, 20], [36, 10, 24]],
                        ["a", "a", "b", "b"])
@@ -94,6 +96,8 @@ def test_in_memory_inputs_train_the_model_that_files_train(
     assert not all(torch.equal(v, _state(other_seed)[k])  # control: the seed matters
                    for k, v in _state(from_files).items())
     assert from_files.metadata.voxel_size == in_memory.metadata.voxel_size == 10.0
+    # the model file says which arithmetic trained it, never "auto"
+    assert from_files.metadata.settings["precision"] == training_precision("auto", CPU_DEVICE)
 
 
 def test_a_saved_model_picks_what_the_model_in_memory_picks(small_tomogram: Path,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sasi_scipion.engine.defaults import DEFAULT_ITERATIONS
@@ -57,13 +58,25 @@ def test_speeds_are_measured(summary: dict) -> None:
     assert all("skipped" not in row for row in rows if not row["mode"].startswith("monai"))
 
 
-def test_tiled_labels_equal_the_whole_volume_pass(summary: dict) -> None:
+ROUNDING_FLIPS = 1e-4
+"""Largest share of voxels whose label may differ between the tiled and the whole-volume
+pass. The two convolve other shapes, so the CPU library may pick other kernels that round
+differently (one voxel of 294,912 flipped in fp32 on an AMX Xeon); a tile seam would
+change whole faces of a tile."""
+SCORE_ROUNDING = 0.02
+"""Largest difference of a voxel's score between the two passes: float rounding, not a
+seam (which shifts the probabilities near it by far more)."""
+
+
+def test_tiled_labels_equal_the_whole_volume_pass_up_to_rounding(summary: dict) -> None:
     result = summary["stages"]["correct"]["result"]
     assert result["setup"]["whole_pass_tiles"] == 1 < result["setup"]["tiles"]
     comparisons = result["tiled_vs_whole"]
     assert "fp32" in comparisons
+    voxels = int(np.prod(result["setup"]["shape_zyx"]))
     for entry in comparisons.values():
-        assert entry["labels_equal"] and entry["mismatched_voxels"] == 0
+        assert entry["mismatched_voxels"] <= ROUNDING_FLIPS * voxels
+        assert entry["max_score_difference"] <= SCORE_ROUNDING
     default = result["precision_agreement"]["precision"]
     assert comparisons[default]["picks_f1"] == 1.0
     assert 0.9 < result["precision_agreement"]["label_agreement"] <= 1

@@ -93,3 +93,23 @@ def test_ema_saves_the_ramped_moving_average_of_the_weights() -> None:
     plain = _tiny_trainer(TrainingSettings(iterations=1, ssl="none", consistency=False,
                                            infill=False, batch_size=2))
     assert plain.trained_model() is plain.model
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_trains_in_bf16_on_a_cpu_with_amx_only(monkeypatch, amx: bool,
+                                                              expected: str) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    settings = TrainingSettings(iterations=1, ssl="none", consistency=False, infill=False,
+                                batch_size=2)
+    assert settings.precision == "auto"
+    assert settings.for_device(CPU).precision == expected
+    assert settings.for_device(torch.device("cuda")).precision == "fp32"
+    for chosen in ("fp32", "bf16"):
+        assert TrainingSettings(precision=chosen).for_device(CPU).precision == chosen
+    trainer = _tiny_trainer(settings)
+    assert trainer.settings.precision == expected
+    dtypes = []
+    first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv3d))
+    first_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    trainer.step(0)
+    assert dtypes and set(dtypes) == {torch.bfloat16 if expected == "bf16" else torch.float32}
