@@ -19,10 +19,13 @@ supervised with infill: every loss that crosses the processes is exercised."""
 
 
 def _train(tomogram: Path, labels: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
+    """``sasi train`` in ``processes`` processes, in float32 whatever the CPU: the
+    tolerances below are float32 rounding (bf16 autocast, the default on an AMX CPU,
+    rounds each convolution to 8 bits of mantissa and would hide a real mismatch)."""
     command = [sys.executable, "-m", "sasi_scipion.engine.cli", "train", "--tomogram",
                str(tomogram), "--coords", str(labels), "--radius", "3", "--iterations",
                str(ITERATIONS), "--batch-size", "4", "--seed", "5", "--device", "cpu",
-               "--processes", str(processes), "--out", str(out)]
+               "--processes", str(processes), "--precision", "fp32", "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
