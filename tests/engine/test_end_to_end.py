@@ -42,10 +42,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_particles(work / "labels.tsv", labels)
     radii = [arg for name, r in dataset["radii"].items() for arg in ("--radius", f"{name}={r}")]
     model = work / "model.pt"
+    # float32 on every CPU, as the picks below: the same model wherever the suite runs,
+    # so the voxel-size bound tests resampling, not one CPU's bf16 rounding (under the
+    # auto precision an AMX CPU trains this 160-step model in bf16, and its 13.5 Å
+    # picks then missed the bound; benchmarks/RESULTS.md measures the bound per seed)
     assert main(["train", "--tomogram", str(data / "tomo_000.mrc"),
                  "--coords", str(work / "labels.tsv"), *radii, "--out", str(model),
                  "--iterations", str(ITERATIONS), "--seed", "0", "--device", "cpu",
-                 "--band-limit", "1.5"]) == 0
+                 "--band-limit", "1.5", "--precision", "fp32"]) == 0
     return {"work": work, "data": data, "model": model}
 
 
@@ -146,6 +150,7 @@ def test_model_file_records_the_run(trained, capsys) -> None:
     assert "loss_cons" in meta.loss_history[ITERATIONS // 10]
     assert "loss_cons" not in meta.loss_history[-1]
     assert meta.settings["labels"] == 15 and meta.settings["band_limit"] == 1.5
+    assert meta.settings["precision"] == "fp32"
     assert meta.settings["batch_norm_statistics"] == "tomogram"  # three classes
     log = trained["model"].with_suffix(".log.jsonl")
     assert len(log.read_text().splitlines()) == ITERATIONS
