@@ -441,6 +441,7 @@ def main() -> None:
                       "--out", str(model), "--iterations", str(profile["iterations"]),
                       "--seed", str(seed), "--device", "cpu", *ROWS[row])
                 train_s = time.perf_counter() - began
+                train_precision = Model.load(model).metadata.settings.get("precision")
                 for mode in args.pick_modes:
                     picks = {}
                     for name in tests:
@@ -451,8 +452,8 @@ def main() -> None:
                         picks[name] = read_particles(out, allow_empty=True)
                     one_class = row in ONE_CLASS_ROWS
                     results.append({"row": row, "labels": n, "seed": seed, "pick_mode": mode,
-                                    "train_s": round(train_s), "train_precision":
-                                    Model.load(model).metadata.settings.get("precision"),
+                                    "train_s": round(train_s),
+                                    "train_precision": train_precision,
                                     **_score(picks, data, tests, dataset["unscored"],
                                              None if one_class else radii,
                                              args.one_class if one_class else None)})

@@ -219,8 +219,7 @@ class SaSiTrainer:
             raise ValueError("settings.iterations is None: give settings.for_device(...)")
         replica.check_divides(settings.batch_size, input_name("settings.batch_size"))
         replica.check_divides(settings.consistency_batch, "the consistency batch")
-        self.settings = dataclasses.replace(
-            settings, precision=training_precision(settings.precision, device))
+        self.settings = settings.for_device(device)  # the precision auto resolved
         self.device = device
         self.replica = replica
         self.rng = np.random.default_rng(settings.seed)
