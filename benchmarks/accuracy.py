@@ -122,6 +122,7 @@ ROWS = {
     "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
+    "sasi+cosine": ["--lr-schedule", "cosine"],
     "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-fp32": ["--precision", "fp32"],
     "sasi-bf16": ["--precision", "bf16"],
