@@ -123,6 +123,8 @@ ROWS = {
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
     "sasi+cosine": ["--lr-schedule", "cosine"],
+    "sasi+lr2x": ["--learning-rate", "2e-3"],
+    "sasi+cosine-lr3x": ["--lr-schedule", "cosine", "--learning-rate", "3e-3"],
     "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-fp32": ["--precision", "fp32"],
     "sasi-bf16": ["--precision", "bf16"],
