@@ -125,6 +125,7 @@ ROWS = {
     "sasi+cosine": ["--lr-schedule", "cosine"],
     "sasi+lr2x": ["--learning-rate", "2e-3"],
     "sasi+cosine-lr3x": ["--lr-schedule", "cosine", "--learning-rate", "3e-3"],
+    "sasi-batch8x2": ["--batch-size", "8", "--iterations", "1200"],  # 600 x 16 windows
     "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-fp32": ["--precision", "fp32"],
     "sasi-bf16": ["--precision", "bf16"],
