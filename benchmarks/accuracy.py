@@ -122,9 +122,7 @@ ROWS = {
     "sasi-paper": ["--no-batch-norm"],
     "sasi+background": [],
     "sasi+ema": ["--ema-decay", "0.99"],
-    "sasi+cosine": ["--lr-schedule", "cosine"],
     "sasi+lr2x": ["--learning-rate", "2e-3"],
-    "sasi+cosine-lr3x": ["--lr-schedule", "cosine", "--learning-rate", "3e-3"],
     "sasi-batch8x2": ["--batch-size", "8", "--iterations", "1200"],  # 600 x 16 windows
     "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-fp32": ["--precision", "fp32"],

@@ -25,7 +25,6 @@ import torch
 from . import ENGINE_VERSION, api
 from .atomic import atomic_output, check_outputs
 from .defaults import (
-    LEARNING_RATE_SCHEDULES,
     PICK_MODES,
     PRECISIONS,
     PROTOTYPE_FILTERS,
@@ -152,11 +151,6 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
                         help="auto (default: bf16 autocast on a CPU with AMX, where it halves "
                              "the training time at the same accuracy; fp32 elsewhere), fp32 "
                              "or bf16")
-    parser.add_argument("--lr-schedule", choices=LEARNING_RATE_SCHEDULES,
-                        default=TrainingSettings.lr_schedule,
-                        help="learning rate of the supervised steps over the run: constant "
-                             "(--learning-rate throughout) or cosine (annealed from "
-                             "--learning-rate to nearly 0 by the last step)")
     parser.add_argument("--ema-decay", type=float, default=TrainingSettings.ema_decay,
                         help="save an exponential moving average of the weights with this "
                              "decay, e.g. 0.98 (default 0: the last weights)")

@@ -48,10 +48,6 @@ particles again in its own training tomograms has not learned that class
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 """Inference precisions of ``sasi pick``."""
-LearningRateSchedule = Literal["constant", "cosine"]
-LEARNING_RATE_SCHEDULES: tuple[str, ...] = get_args(LearningRateSchedule)
-"""How the supervised steps' learning rate evolves over a training run
-(``TrainingSettings.lr_schedule``)."""
 TrainingPrecision = Literal["auto", "fp32", "bf16"]
 TRAINING_PRECISIONS: tuple[str, ...] = get_args(TrainingPrecision)
 """Arithmetic of training steps (``TrainingSettings.precision``); ``auto`` is resolved

@@ -55,7 +55,6 @@ def training_settings(args: argparse.Namespace, pretrain: bool) -> TrainingSetti
     return TrainingSettings(iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, window=WINDOW, seed=args.seed,
                             precision=args.precision, ema_decay=args.ema_decay,
-                            lr_schedule=args.lr_schedule,
                             **switches)  # type: ignore[arg-type]
 
 

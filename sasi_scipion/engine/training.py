@@ -38,7 +38,6 @@ from .defaults import (
     DEFAULT_ITERATIONS,
     MAX_RESAMPLING_FACTOR,
     WINDOW,
-    LearningRateSchedule,
     SslSchedule,
     TrainingPrecision,
 )
@@ -115,10 +114,6 @@ class TrainingSettings:
             weights with this decay (0: the last weights); the decay ramps up
             as ``min(decay, (1 + n) / (10 + n))`` after ``n`` averaged steps, so
             the initial weights fade quickly.
-        lr_schedule: ``constant`` (the supervised steps all at :attr:`learning_rate`)
-            or ``cosine`` (iteration ``i`` of ``n`` at ``learning_rate x (1 + cos(pi i /
-            n)) / 2``, annealed to nearly 0 by the last step); SimCLR steps always use
-            :attr:`ssl_learning_rate`.
         band_limit: half the supervised windows are band-limited to a voxel size up
             to this many times the training one's (``sampling.SupervisedSampler``), so
             that the model also picks coarser tomograms resampled to its voxel size;
@@ -142,7 +137,6 @@ class TrainingSettings:
     seed: int = 0
     precision: TrainingPrecision = "auto"
     ema_decay: float = 0.0
-    lr_schedule: LearningRateSchedule = "constant"
     band_limit: float = 1.0
 
     def for_device(self, device: torch.device) -> TrainingSettings:
@@ -185,15 +179,6 @@ def ssl_iterations(settings: TrainingSettings) -> np.ndarray:
     for start in range(0, blocks * period, period):
         mask[start : start + block_length] = True
     return mask
-
-
-def supervised_learning_rate(settings: TrainingSettings, iteration: int) -> float:
-    """The Adam step size of supervised step ``iteration`` (0-based) of a run with
-    ``settings`` (``TrainingSettings.lr_schedule``)."""
-    if settings.lr_schedule == "constant":
-        return settings.learning_rate
-    return settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * iteration
-                                                          / settings.iterations))
 
 
 def _ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -326,7 +311,7 @@ class SaSiTrainer:
             )
         for group in self.optimizer.param_groups:
             group["lr"] = (self.settings.ssl_learning_rate if is_ssl
-                           else supervised_learning_rate(self.settings, iteration))
+                           else self.settings.learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.replica.average_gradients(self._parameters())

@@ -1,5 +1,4 @@
-"""ISS / PSS self-supervision schedules, learning-rate schedules, SimCLR collapse
-detection, weight averaging."""
+"""ISS / PSS self-supervision schedules, SimCLR collapse detection, weight averaging."""
 
 from __future__ import annotations
 
@@ -9,12 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sasi_scipion.engine.cli import build_parser
 from sasi_scipion.engine.coordinates import ParticleTable
-from sasi_scipion.engine.errors import SasiInputError
 from sasi_scipion.engine.masks import sphere_label_volume
 from sasi_scipion.engine.models.deepfinder import DeepFinderUNet
-from sasi_scipion.engine.train_command import training_settings
 from sasi_scipion.engine.training import (
     COLLAPSE_STEPS,
     SIMCLR_COLLAPSE,
@@ -24,7 +20,6 @@ from sasi_scipion.engine.training import (
     simclr_collapse_loss,
     simclr_collapsed,
     ssl_iterations,
-    supervised_learning_rate,
 )
 from sasi_scipion.engine.training_data import TrainingData
 
@@ -118,35 +113,3 @@ def test_auto_precision_trains_in_bf16_on_a_cpu_with_amx_only(monkeypatch, amx: 
     first_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     trainer.step(0)
     assert dtypes and set(dtypes) == {torch.bfloat16 if expected == "bf16" else torch.float32}
-
-
-def test_cosine_schedule_anneals_supervised_steps_and_leaves_simclr_steps_alone() -> None:
-    constant = TrainingSettings(iterations=8, learning_rate=0.01)
-    assert [supervised_learning_rate(constant, i) for i in (0, 4, 7)] == [0.01] * 3
-    cosine = TrainingSettings(iterations=8, learning_rate=0.01, lr_schedule="cosine")
-    assert supervised_learning_rate(cosine, 0) == pytest.approx(0.01)
-    assert supervised_learning_rate(cosine, 4) == pytest.approx(0.005)
-    assert 0 < supervised_learning_rate(cosine, 7) < 0.0004  # (1 + cos(7 pi / 8)) / 2 = 0.038
-    # in a run: the optimiser's step size of every step, SimCLR steps at their own rate
-    settings = TrainingSettings(iterations=8, learning_rate=0.01, ssl_learning_rate=1e-4,
-                                ssl="iss", ssl_fraction=0.25, consistency=False,
-                                infill=False, batch_size=2, lr_schedule="cosine")
-    trainer = _tiny_trainer(settings)
-    rates = []
-    for iteration in range(settings.iterations):
-        trainer.step(iteration)
-        rates.append(trainer.optimizer.param_groups[0]["lr"])
-    assert rates[:2] == [1e-4, 1e-4]
-    assert rates[2:] == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 8)) / 2
-                                       for i in range(2, 8)])
-
-
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_sasi_train_passes_the_learning_rate_schedule_on(schedule: str) -> None:
-    args = build_parser().parse_args(
-        ["train", "--tomogram", "t.mrc", "--coords", "c.tsv", "--out", "m.pt",
-         *(["--lr-schedule", schedule] if schedule != "constant" else [])])
-    assert training_settings(args, pretrain=False).lr_schedule == schedule
-    with pytest.raises(SasiInputError, match="invalid choice: 'linear'.*'cosine'"):
-        build_parser().parse_args(["train", "--tomogram", "t.mrc", "--coords", "c.tsv",
-                                   "--out", "m.pt", "--lr-schedule", "linear"])
