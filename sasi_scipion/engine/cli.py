@@ -25,6 +25,7 @@ import torch
 from . import ENGINE_VERSION, api
 from .atomic import atomic_output, check_outputs
 from .defaults import (
+    DEFAULT_ITERATIONS,
     PICK_MODES,
     PRECISIONS,
     PROTOTYPE_FILTERS,
@@ -136,7 +137,8 @@ def _voxel_size_option(parser: argparse.ArgumentParser) -> None:
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     parser.add_argument("--iterations", type=_positive_int,
-                        help="optimisation steps (default: 600 on a CPU, 10000 on a GPU)")
+                        help=f"optimisation steps (default: {DEFAULT_ITERATIONS['cpu']} on a "
+                             f"CPU, {DEFAULT_ITERATIONS['cuda']} on a GPU)")
     parser.add_argument("--batch-size", type=_positive_int,
                         default=TrainingSettings.batch_size)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

@@ -58,10 +58,9 @@ WINDOW = 24
 """Edge of the training window, voxels (the paper's value): tomograms and particles
 must fit it."""
 DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
-"""Default budget per device type: 7 to 10 minutes on a 2-core CPU (0.7 s per
-float32 step on average on an AMD Zen 5, 1.0 to 1.3 s on an Intel Sapphire
-Rapids; ``benchmarks/RESULTS.md``), the paper's scale (about 10k iterations)
-on a GPU."""
+"""Default budget per device type: on 2 CPU cores 6 to 9 minutes of bf16 training on a
+Xeon with AMX (355 to 512 s for 12 classes), 15 to 23 minutes of float32 on AVX2 CPUs
+(``benchmarks/RESULTS.md``); the paper's scale (about 10k iterations) on a GPU."""
 VOXEL_SIZE_TOLERANCE = 0.01
 """Relative difference of voxel sizes still taken as equal."""
 MAX_RESAMPLING_FACTOR = 4.0

@@ -6,7 +6,7 @@ import pyworkflow.protocol.params as params
 from tomo.objects import SetOfTomograms
 
 from ..constants import OUTPUT_MODEL
-from ..engine.defaults import BACKBONE_NAMES
+from ..engine.defaults import BACKBONE_NAMES, DEFAULT_ITERATIONS
 from .protocol_base import (
     ProtSaSiModelBase,
     engine_problems,
@@ -34,8 +34,9 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                       label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
         self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
-                      help="Optimisation steps; 0 = the engine's default (600 on a CPU, "
-                           "10000 on a GPU).")
+                      help=f"Optimisation steps; 0 = the engine's default "
+                           f"({DEFAULT_ITERATIONS['cpu']} on a CPU, "
+                           f"{DEFAULT_ITERATIONS['cuda']} on a GPU).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Random seed", help="Same seed, same CPU result.")
         self._addTrainingGpuParams(form)

@@ -13,6 +13,7 @@ from ..convert import coordinate_table, coordinate_tsids, tomograms_by_tsid
 from ..engine.coordinates import ParticleTable, write_particles
 from ..engine.defaults import (
     BACKBONE_NAMES,
+    DEFAULT_ITERATIONS,
     MAX_RESAMPLING_FACTOR,
     SSL_AUTO,
     SSL_SCHEDULES,
@@ -109,8 +110,10 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                            "brings its own): deepfinder, the SaSi paper's U-Net.")
         self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
-                      help="Optimisation steps; 0 = the engine's default (600 on a CPU, about "
-                           "10 minutes for a 96 x 256 x 256 tomogram; 10000 on a GPU).")
+                      help=f"Optimisation steps; 0 = the engine's default "
+                           f"({DEFAULT_ITERATIONS['cpu']} on a CPU: 6 to 9 minutes on 2 cores "
+                           f"of a Xeon with AMX, about twice that on CPUs without; "
+                           f"{DEFAULT_ITERATIONS['cuda']} on a GPU).")
         form.addParam("infill", params.BooleanParam, default=True,
                       label="Self-augmented Volume Infill",
                       help="Mix augmented copies of each window and its labels (AugMix for "
