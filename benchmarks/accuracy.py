@@ -22,13 +22,17 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   junk is a false positive);
 - ``sasi+ema``: the same, saving an exponential moving average of the weights
   (``--ema-decay 0.99``, ramping up from the first steps);
+- ``sasi+lr2x``: the same at twice the supervised learning rate (``--learning-rate
+  2e-3``);
+- ``sasi-batch8x2``: the same windows in twice the steps of half the batch
+  (``--batch-size 8 --iterations 1200``; this row ignores ``--iterations``);
 - ``sasi+band-limit``: the same, with half the supervised windows band-limited to
   up to 1.5 times the voxel size (``--band-limit 1.5``: coarser tomograms);
 - ``sasi-fp32``, ``sasi-bf16``: the same, trained in float32 or under bf16 autocast
   (``--precision``), whatever the CPU;
 - ``sasi-resunet``, ``sasi-vit``: everything, with the other backbones.
 
-Every learned row gets the same number of iterations. Results go to a JSON
+Every learned row but ``sasi-batch8x2`` gets the same number of iterations. Results go to a JSON
 file; ``RESULTS.md`` quotes them.
 
 Profiles: ``quick`` (3 scored maps, N = 5, one seed: fits in CI time),
