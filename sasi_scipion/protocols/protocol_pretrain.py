@@ -34,7 +34,7 @@ class ProtSaSiPretrain(ProtSaSiModelBase):
                       label="Network", help="Backbone (deepfinder: the SaSi paper's U-Net).")
         self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
-                      help=f"Optimisation steps; 0 = the engine's default "
+                      help="Optimisation steps; 0 = the engine's default "
                            f"({DEFAULT_ITERATIONS['cpu']} on a CPU, "
                            f"{DEFAULT_ITERATIONS['cuda']} on a GPU).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,

@@ -110,9 +110,9 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                            "brings its own): deepfinder, the SaSi paper's U-Net.")
         self._addBatchNormParam(form)
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
-                      help=f"Optimisation steps; 0 = the engine's default "
+                      help="Optimisation steps; 0 = the engine's default "
                            f"({DEFAULT_ITERATIONS['cpu']} on a CPU: 6 to 9 minutes on 2 cores "
-                           f"of a Xeon with AMX, about twice that on CPUs without; "
+                           "of a Xeon with AMX, about twice that on CPUs without; "
                            f"{DEFAULT_ITERATIONS['cuda']} on a GPU).")
         form.addParam("infill", params.BooleanParam, default=True,
                       label="Self-augmented Volume Infill",
