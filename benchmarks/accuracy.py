@@ -26,6 +26,10 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
   2e-3``);
 - ``sasi-batch8x2``: the same windows in twice the steps of half the batch
   (``--batch-size 8 --iterations 1200``; this row ignores ``--iterations``);
+- ``sasi+pu``, ``sasi+self-labels``: the same, with self-training half-way: the
+  unlabelled particles the model then finds in the training tomogram are left out of
+  the loss (``--self-training ignore``) or taught as labels (``--self-training
+  labels``);
 - ``sasi+band-limit``: the same, with half the supervised windows band-limited to
   up to 1.5 times the voxel size (``--band-limit 1.5``: coarser tomograms);
 - ``sasi-fp32``, ``sasi-bf16``: the same, trained in float32 or under bf16 autocast
@@ -128,6 +132,8 @@ ROWS = {
     "sasi+ema": ["--ema-decay", "0.99"],
     "sasi+lr2x": ["--learning-rate", "2e-3"],
     "sasi-batch8x2": ["--batch-size", "8", "--iterations", "1200"],  # 600 x 16 windows
+    "sasi+pu": ["--self-training", "ignore"],
+    "sasi+self-labels": ["--self-training", "labels"],
     "sasi+band-limit": ["--band-limit", "1.5"],
     "sasi-fp32": ["--precision", "fp32"],
     "sasi-bf16": ["--precision", "bf16"],

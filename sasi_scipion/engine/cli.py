@@ -30,6 +30,7 @@ from .defaults import (
     PRECISIONS,
     PROTOTYPE_FILTERS,
     PROTOTYPE_QUANTILE,
+    SELF_TRAINING_MODES,
     SSL_AUTO,
     SSL_SCHEDULES,
     TRAINING_PRECISIONS,
@@ -72,7 +73,8 @@ FLAGS = {
     "prototype_filter": "--prototype-filter", "prototype_quantile": "--prototype-quantile",
     "settings.iterations": "--iterations", "settings.seed": "--seed",
     "settings.learning_rate": "--learning-rate", "settings.ema_decay": "--ema-decay",
-    "settings.band_limit": "--band-limit",
+    "settings.band_limit": "--band-limit", "settings.self_training": "--self-training",
+    "settings.self_training_at": "--self-training-at",
     "settings.batch_size": "--batch-size", "settings.ssl": "--ssl",
 }
 """The flag of each library parameter, which the command's messages name
@@ -262,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="band-limit half the training windows to a voxel size up to R "
                             "times the tomograms' (at random), so that the model also picks "
                             "coarser tomograms well, e.g. 1.5 (default 1: off)")
+    train.add_argument("--self-training", choices=SELF_TRAINING_MODES,
+                       default=TrainingSettings.self_training,
+                       help="what to do with the particles you did not label that the model "
+                            "finds in the training tomograms part-way through (at "
+                            "--self-training-at): ignore (leave them out of the loss instead "
+                            "of teaching them as background), labels (teach them as extra "
+                            "labels of the class picked) or off (default); your labels "
+                            "always stay")
+    train.add_argument("--self-training-at", type=float, metavar="F",
+                       default=TrainingSettings.self_training_at,
+                       help="share of the iterations after which self-training finds them "
+                            f"(default {TrainingSettings.self_training_at:g})")
     _training_options(train)
 
     pick = sub.add_parser("pick", help="find particles in a tomogram")

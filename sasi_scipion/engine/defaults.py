@@ -26,6 +26,11 @@ PICK_MODES: tuple[str, ...] = get_args(PickMode)
 SslSchedule = Literal["iss", "pss", "none"]
 SSL_SCHEDULES: tuple[str, ...] = get_args(SslSchedule)
 """SimCLR schedules of ``sasi train`` (``auto`` picks one of them)."""
+SelfTrainingMode = Literal["off", "ignore", "labels"]
+SELF_TRAINING_MODES: tuple[str, ...] = get_args(SelfTrainingMode)
+"""What ``sasi train`` does with the unlabelled particles its model finds half-way
+(``self_training``): ``off`` (the default), ``ignore`` (left out of the loss instead of
+taught as background), ``labels`` (taught as extra labels of the class picked)."""
 SSL_AUTO = "auto"
 """``--ssl`` value that means ``iss``, or ``none`` with a pre-trained model."""
 ComponentMode = Literal["argmax", "foreground", "peaks"]

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
@@ -124,6 +125,20 @@ class Replica:
             return
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, 0)
+
+    def broadcast_rows(self, rows: np.ndarray, device: torch.device) -> np.ndarray:
+        """Rank 0's float64 ``(n, c)`` array in every process (``c`` the same in all;
+        ``n`` may differ), sent through ``device`` (the backend's device)."""
+        if self.world_size == 1:
+            return rows
+        count = torch.tensor([len(rows)], dtype=torch.int64, device=device)
+        dist.broadcast(count, 0)
+        tensor = (torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64)).to(device)
+                  if self.is_main else
+                  torch.empty((int(count.item()), rows.shape[1]), dtype=torch.float64,
+                              device=device))
+        dist.broadcast(tensor, 0)
+        return tensor.cpu().numpy()
 
 
 ALONE = Replica()

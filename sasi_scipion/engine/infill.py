@@ -7,7 +7,9 @@ and blended with the original as ``beta * x + (1 - beta) * x_aug``, beta ~
 Beta(1, 1) (AugMix's defaults; the paper gives none). The new label is the
 argmax of the identically mixed one-hot labels, so a voxel's label follows
 the structure that dominates its mixed intensity. Voxels moved in from
-outside the window are 0 (the normalised mean) and background.
+outside the window are 0 (the normalised mean) and background. Voxels left out
+of the loss (``masks.IGNORE_LABEL``) are mixed as one more label, so that where
+an ignored structure dominates, the result is ignored too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch.nn import functional
 
 from .augment import SPATIAL_DIMS, rotate_about_z
+from .masks import IGNORE_LABEL
 
 OPERATIONS = ("shift", "rotate", "flip")
 
@@ -56,7 +59,7 @@ def volume_infill(
 
     Args:
         x: windows ``(B, 1, W, W, W)`` float32.
-        y: labels ``(B, W, W, W)`` int64 in ``0..num_outputs-1``.
+        y: labels ``(B, W, W, W)`` int64 in ``0..num_outputs-1`` or ``IGNORE_LABEL``.
         num_outputs: K + 1 label values.
         rng: source of every random choice.
         chains: augmentation chains per window (AugMix m).
@@ -66,7 +69,10 @@ def volume_infill(
     Returns:
         ``(x_mix (B, 1, W, W, W), y_mix (B, W, W, W) int64)``.
     """
-    one_hot = functional.one_hot(y, num_outputs).permute(0, 4, 1, 2, 3).to(x.dtype)
+    ignored = y == IGNORE_LABEL  # mixed as label num_outputs, where there is any
+    channels = num_outputs + 1 if bool(ignored.any()) else num_outputs
+    indices = torch.where(ignored, torch.full_like(y, num_outputs), y)
+    one_hot = functional.one_hot(indices, channels).permute(0, 4, 1, 2, 3).to(x.dtype)
     stacked = torch.cat([x, one_hot], dim=1)
     mixed = []
     for sample in stacked:
@@ -83,4 +89,6 @@ def volume_infill(
     labels = result[:, 1:]
     # Voxels moved in from outside carry no label mass: count that mass as background.
     labels[:, 0] += 1.0 - labels.sum(dim=1)
-    return result[:, :1].contiguous(), labels.argmax(dim=1)
+    mixed_labels = labels.argmax(dim=1)
+    return result[:, :1].contiguous(), torch.where(
+        mixed_labels == num_outputs, torch.full_like(mixed_labels, IGNORE_LABEL), mixed_labels)

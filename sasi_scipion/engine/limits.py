@@ -70,14 +70,16 @@ def seed_problem(seed: int) -> str | None:
 
 
 def finite_problem(name: str, value: float, low: float, high: float = math.inf,
-                   low_open: bool = False) -> str | None:
+                   low_open: bool = False, high_open: bool = False) -> str | None:
     """Why ``value`` of input ``name`` (``errors.input_name``) is not a finite number
-    in ``[low, high]`` (``(low, high]`` with ``low_open``); ``None`` when it is."""
+    in ``[low, high]`` (``low`` excluded with ``low_open``, ``high`` with
+    ``high_open``); ``None`` when it is."""
     above = value > low if low_open else value >= low
-    if math.isfinite(value) and above and value <= high:
+    below = value < high if high_open else value <= high
+    if math.isfinite(value) and above and below:
         return None
     bounds = f"{'above' if low_open else 'at least'} {low:g}" + (
-        f" and at most {high:g}" if math.isfinite(high) else "")
+        f" and {'below' if high_open else 'at most'} {high:g}" if math.isfinite(high) else "")
     return f"{name} {value:g}: give a finite number {bounds}"
 
 

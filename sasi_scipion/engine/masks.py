@@ -8,6 +8,11 @@ import numpy as np
 
 from .coordinates import ParticleTable
 
+IGNORE_LABEL = 255
+"""Label-map value of voxels that teach nothing: the supervised loss leaves them out
+(``losses.dice_focal_loss``). Self-training marks unlabelled particles so
+(``self_training``), so that they are not taught as background."""
+
 
 def sphere_offsets(radius: float) -> np.ndarray:
     """Integer ``(n, 3)`` offsets ``(dz, dy, dx)`` of the voxels within ``radius`` voxels."""
@@ -36,13 +41,23 @@ def sphere_label_volume(
         particle in the table wins.
     """
     labels = np.zeros(shape_zyx, dtype=np.uint8)
-    bounds = np.array(shape_zyx)
+    paint_spheres(labels, particles, class_names, radii)
+    return labels
+
+
+def paint_spheres(labels: np.ndarray, particles: ParticleTable, class_names: Sequence[str],
+                  radii: Sequence[float], value: int | None = None,
+                  background_only: bool = False) -> None:
+    """Write, in place, a sphere of its class radius (voxels) around each particle
+    (centres in voxels ``(x, y, z)``) into the ``uint8`` label volume ``labels``
+    ``(z, y, x)``: the class label ``i + 1`` of ``class_names[i]``, or ``value`` for
+    every sphere; with ``background_only``, only over voxels that are 0. Classes not
+    in ``class_names`` are skipped; later particles overwrite earlier ones."""
+    bounds = np.array(labels.shape)
     for label, (name, radius) in enumerate(zip(class_names, radii), start=1):
         offsets = sphere_offsets(radius)
         for x, y, z in particles.xyz[particles.classes == name]:
-            centre = np.rint([z, y, x]).astype(int)
-            voxels = offsets + centre
-            inside = np.all((voxels >= 0) & (voxels < bounds), axis=1)
-            zz, yy, xx = voxels[inside].T
-            labels[zz, yy, xx] = label
-    return labels
+            voxels = offsets + np.rint([z, y, x]).astype(int)
+            zz, yy, xx = voxels[np.all((voxels >= 0) & (voxels < bounds), axis=1)].T
+            keep = labels[zz, yy, xx] == 0 if background_only else slice(None)
+            labels[zz[keep], yy[keep], xx[keep]] = label if value is None else value

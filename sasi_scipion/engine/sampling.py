@@ -87,6 +87,13 @@ class SupervisedSampler:
         if background:
             self.centres.append(background)
 
+    def add_particles(self, tomogram: int, xyz: np.ndarray, class_index: int) -> None:
+        """Draw windows around more particles of class ``class_index`` in tomogram
+        ``tomogram`` too (centres in voxels ``(x, y, z)``, ``(n, 3)``); the label map
+        must already hold them."""
+        self.centres[class_index].extend(
+            (tomogram, np.rint(point[::-1]).astype(int)) for point in np.reshape(xyz, (-1, 3)))
+
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch`` windows: ``x`` ``(B, 1, W, W, W)`` float32, ``y`` ``(B, W, W, W)`` int64."""
         half = self.window // 2

@@ -56,7 +56,8 @@ def labelled_scores(picks: ParticleTable, labels: ParticleTable, class_name: str
 
 def score_cutoffs(picks: Sequence[ParticleTable], labels: Sequence[ParticleTable],
                   class_names: Sequence[str], radii: Sequence[float],
-                  factor: float = CUTOFF_FACTOR) -> list[float]:
+                  factor: float = CUTOFF_FACTOR,
+                  quantile: float = RECOVERED_QUANTILE) -> list[float]:
     """One score cut-off per class from the picks of the training tomograms.
 
     Args:
@@ -65,16 +66,17 @@ def score_cutoffs(picks: Sequence[ParticleTable], labels: Sequence[ParticleTable
         class_names: the model's classes.
         radii: particle radius per class, voxels.
         factor: fraction of the labelled particles' score quantile.
+        quantile: which quantile of those scores.
 
     Returns:
-        ``factor`` times the ``RECOVERED_QUANTILE`` quantile of each class's labelled
+        ``factor`` times the ``quantile`` quantile of each class's labelled
         particles' scores; for a class none of whose labels was picked as that class,
         the same of every labelled particle's best pick of any class (0 when there is
         none).
     """
     def cutoff(scores: list[np.ndarray]) -> float | None:
         pooled = np.concatenate(scores)
-        return (round(factor * float(np.quantile(pooled, RECOVERED_QUANTILE)), 4)
+        return (round(factor * float(np.quantile(pooled, quantile)), 4)
                 if len(pooled) else None)
 
     agnostic = cutoff([labelled_scores(p, lab, name, radius, any_class=True)

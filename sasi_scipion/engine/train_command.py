@@ -49,7 +49,8 @@ def training_settings(args: argparse.Namespace, pretrain: bool) -> TrainingSetti
     switches: dict[str, object] = {}
     if not pretrain:
         switches = {"infill": not args.no_infill, "consistency": not args.no_consistency,
-                    "band_limit": args.band_limit,
+                    "band_limit": args.band_limit, "self_training": args.self_training,
+                    "self_training_at": args.self_training_at,
                     "ssl": args.ssl if args.ssl != SSL_AUTO else
                     ("none" if args.pretrained else "iss")}
     return TrainingSettings(iterations=args.iterations, batch_size=args.batch_size,

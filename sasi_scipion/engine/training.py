@@ -15,6 +15,9 @@ Choices where the paper is silent (all exposed in ``TrainingSettings``):
 - Consistency guidance runs in the first half of training on a batch of
   unlabelled windows (``consistency_batch``) with a random exact transform
   (flips and 90° turns about z), weight ``consistency_weight``.
+- Self-training (``self_training``, off by default): at ``self_training_at`` of the
+  iterations the model's unlabelled finds in the training tomograms are left out of
+  the loss or taught as labels (``self_training``).
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ from torch.optim.swa_utils import AveragedModel
 
 from .augment import center_crop, random_exact_transform
 from .checkpoint import evolving_state, restore_state
+from .coordinates import ParticleTable
 from .defaults import (
     BATCH_SIZE,
     DEFAULT_ITERATIONS,
     MAX_RESAMPLING_FACTOR,
+    SELF_TRAINING_MODES,
     WINDOW,
+    SelfTrainingMode,
     SslSchedule,
     TrainingPrecision,
 )
@@ -52,7 +58,12 @@ from .models.projection import ProjectionHead
 from .normalize import Voxels
 from .progress import StepReport
 from .sampling import SupervisedSampler, UnlabelledSampler, simclr_views
+from .self_training import from_rows, paint_self_labels, to_rows
 from .training_data import TrainingData
+
+SelfLabeller = Callable[[nn.Module], list[ParticleTable]]
+"""Finds the unlabelled particles of each training tomogram with the model being
+trained (``training_run.self_labeller``), voxels ``(x, y, z)`` with their classes."""
 
 COLLAPSE_STEPS = 20
 """SimCLR steps in a row at the collapse loss that count as a collapse."""
@@ -118,6 +129,10 @@ class TrainingSettings:
             to this many times the training one's (``sampling.SupervisedSampler``), so
             that the model also picks coarser tomograms resampled to its voxel size;
             1 (default): none.
+        self_training: what to do with the unlabelled particles the model finds in its
+            training tomograms at :attr:`self_training_at` (``self_training``):
+            ``off`` (default), ``ignore`` or ``labels``.
+        self_training_at: the share of the iterations after which they are found.
     """
 
     iterations: int | None = None
@@ -138,6 +153,8 @@ class TrainingSettings:
     precision: TrainingPrecision = "auto"
     ema_decay: float = 0.0
     band_limit: float = 1.0
+    self_training: SelfTrainingMode = "off"
+    self_training_at: float = 0.5
 
     def for_device(self, device: torch.device) -> TrainingSettings:
         """These settings as they run on ``device``: the default budget of its type
@@ -149,7 +166,8 @@ class TrainingSettings:
 
     def problem(self) -> str | None:
         """Why these settings cannot train, naming the setting and the fix (iterations,
-        seed, learning rate, EMA decay, batch size); ``None`` when they can."""
+        seed, learning rate, EMA decay, batch size, self-training); ``None`` when they
+        can."""
         def name(field: str) -> str:
             return input_name(f"settings.{field}")
         return (
@@ -158,6 +176,11 @@ class TrainingSettings:
             or finite_problem(name("learning_rate"), self.learning_rate, 0.0, low_open=True)
             or finite_problem(name("ema_decay"), self.ema_decay, 0.0, 0.9999)
             or finite_problem(name("band_limit"), self.band_limit, 1.0, MAX_RESAMPLING_FACTOR)
+            or (None if self.self_training in SELF_TRAINING_MODES else
+                f"{name('self_training')} {self.self_training!r}: choose one of "
+                f"{', '.join(SELF_TRAINING_MODES)}")
+            or finite_problem(name("self_training_at"), self.self_training_at, 0.0, 1.0,
+                              low_open=True, high_open=True)
             or (None if self.batch_size >= 1 else
                 f"{name('batch_size')} {self.batch_size}: give a positive whole number")
         )
@@ -204,6 +227,8 @@ class SaSiTrainer:
         device: where to compute.
         replica: this process's place in a data-parallel run (see ``distributed``);
             every process draws the global batches and works on its share.
+        self_labeller: finds the unlabelled particles for ``settings.self_training``
+            (required unless it is ``off``); the main process's finds are used by all.
     """
 
     def __init__(
@@ -214,6 +239,7 @@ class SaSiTrainer:
         settings: TrainingSettings,
         device: torch.device,
         replica: Replica = ALONE,
+        self_labeller: SelfLabeller | None = None,
     ) -> None:
         if settings.iterations is None:
             raise ValueError("settings.iterations is None: give settings.for_device(...)")
@@ -247,6 +273,13 @@ class SaSiTrainer:
         self.schedule = (
             np.ones(settings.iterations, dtype=bool) if data is None else ssl_iterations(settings)
         )
+        self.self_labeller = self_labeller
+        self.self_training_iteration = (
+            int(round(settings.self_training_at * settings.iterations))
+            if data is not None and settings.self_training != "off" else None)
+        if self.self_training_iteration is not None and self_labeller is None:
+            raise ValueError("settings.self_training needs a self_labeller")
+        self._self_labels: np.ndarray | None = None  # self_training.to_rows of the finds
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
@@ -285,8 +318,35 @@ class SaSiTrainer:
         transform = random_exact_transform(self.rng)
         return consistency_loss(self.model, x, transform.apply, self.replica.sum_across)
 
+    def _find_self_labels(self) -> int:
+        """Find the unlabelled particles with the current weights (the main process's
+        finds in every process), paint them into the sampler's label maps; return how
+        many."""
+        tables = self.self_labeller(self.model)
+        rows = to_rows(tables, self.data.class_names)
+        self._self_labels = self.replica.broadcast_rows(rows, self.device)
+        self._apply_self_labels()
+        return len(self._self_labels)
+
+    def _apply_self_labels(self) -> None:
+        """The sampler's label maps (and, for ``labels``, its window centres) with the
+        particles of ``_self_labels`` added to the user's labels."""
+        data, mode = self.data, self.settings.self_training
+        found = from_rows(self._self_labels, len(data.volumes), data.class_names)
+        for tomogram, table in enumerate(found):
+            self.supervised.label_maps[tomogram] = paint_self_labels(
+                data.label_maps[tomogram], table, data.class_names, data.radii, mode)
+            if mode == "labels":
+                for index, name in enumerate(data.class_names):
+                    self.supervised.add_particles(tomogram, table.xyz[table.classes == name],
+                                                  index)
+
     def step(self, iteration: int) -> dict[str, float | str]:
-        """Run optimisation step ``iteration`` (0-based); return its logged values."""
+        """Run optimisation step ``iteration`` (0-based); return its logged values (with
+        ``self_labels``, the number of particles found, at the self-training step)."""
+        found = (self._find_self_labels()
+                 if iteration == self.self_training_iteration and self._self_labels is None
+                 else None)
         self.model.train()
         is_ssl = bool(self.schedule[iteration])
         terms: dict[str, torch.Tensor] = {}
@@ -321,6 +381,8 @@ class SaSiTrainer:
         record: dict[str, float | str] = {"phase": "ssl" if is_ssl else "supervised",
                                           "loss": float(total.item())}
         record.update({name: float(value.item()) for name, value in logged.items()})
+        if found is not None:
+            record["self_labels"] = float(found)
         return record
 
     def _parameters(self) -> list[nn.Parameter]:
@@ -339,6 +401,8 @@ class SaSiTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a trainer built with the same arguments."""
         restore_state(self, state)
+        if self._self_labels is not None:
+            self._apply_self_labels()
 
     def run(
         self,

@@ -9,6 +9,7 @@ checkpoints, a log and data-parallel processes. Messages name the inputs as
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -28,17 +29,26 @@ from .batch_statistics import (
 )
 from .checkpoint import run_fingerprint
 from .contrast import contrast_skew, label_contrast
-from .defaults import BATCH_NORM, DEFAULT_BACKBONE, LOW_LABEL_RECALL, WINDOW, BackboneName
+from .coordinates import ParticleTable
+from .defaults import (
+    BATCH_NORM,
+    DEFAULT_BACKBONE,
+    DEFAULT_COMPONENTS,
+    LOW_LABEL_RECALL,
+    WINDOW,
+    BackboneName,
+)
 from .distributed import ALONE, Replica
 from .errors import SasiInputError, SasiWarning, input_name
 from .model_file import Model, ModelMetadata, build_network, read_model_file
 from .models import BACKBONES, build_backbone
 from .mrc_io import TomogramInput
 from .normalize import NORMALISATION, Voxels
-from .picking import LabelDecisions, label_decisions
+from .picking import LabelDecisions, label_decisions, label_picks
 from .prototypes import fit_prototypes
-from .thresholds import label_recall_warning
-from .training import SaSiTrainer, TrainingSettings, collapse_iteration
+from .self_training import PSEUDO_LABEL_QUANTILE, unlabelled_picks
+from .thresholds import label_recall_warning, score_cutoffs
+from .training import SaSiTrainer, SelfLabeller, TrainingSettings, collapse_iteration
 from .training_data import LabelsInput, TrainingData, load_training_data, load_unlabelled
 
 LOG = logging.getLogger(__package__)
@@ -184,7 +194,9 @@ def prepare_train(
     model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
     if state is not None:
         LOG.info("train: started from %s (%d tensors)", pre_name, _load_matching(model, state))
-    trainer = trainer_class(model, data, data.volumes + extra, settings, device, replica)
+    trainer = trainer_class(model, data, data.volumes + extra, settings, device, replica,
+                            self_labeller=(self_labeller(data, settings, device)
+                                           if settings.self_training != "off" else None))
     contrast = label_contrast(data.volumes, data.label_maps)
     skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
 
@@ -218,6 +230,34 @@ def prepare_train(
                    "classes": data.class_names, "radii": data.radii, "voxel_size": voxel}
     arrays = [*data.volumes, *data.label_maps, *(t.xyz for t in data.particles), *extra]
     return TrainingRun(trainer, "train", description, arrays, metadata)
+
+
+def self_labeller(data: TrainingData, settings: TrainingSettings,
+                  device: torch.device) -> SelfLabeller:
+    """What finds the unlabelled particles of ``data``'s tomograms for self-training:
+    a copy of the model being trained, with its batch-normalisation statistics and
+    class calibration chosen as at the end of training (:func:`final_decisions`),
+    picks near the labels (``picking.label_picks``); the picks that score at least
+    their class's cut-off from the labels (``ignore``; ``labels``: at least the
+    ``PSEUDO_LABEL_QUANTILE`` of its labels' scores) and lie on no labelled particle
+    or background point are the finds (``self_training.unlabelled_picks``)."""
+    def find(model: nn.Module) -> list[ParticleTable]:
+        snapshot = copy.deepcopy(model)
+        decisions, _ = final_decisions(snapshot, data, settings, device)
+        picks = label_picks(snapshot, data.volumes, data.particles, data.class_names,
+                            data.radii, device, decisions.calibration)
+        cutoffs = (score_cutoffs(picks, data.particles, data.class_names, data.radii,
+                                 factor=1.0, quantile=PSEUDO_LABEL_QUANTILE)
+                   if settings.self_training == "labels"
+                   else decisions.score_cutoffs[DEFAULT_COMPONENTS])
+        negatives = data.negatives or [None] * len(picks)
+        found = [unlabelled_picks(p, labels, background, data.class_names, data.radii,
+                                  cutoffs)
+                 for p, labels, background in zip(picks, data.particles, negatives)]
+        LOG.info("train: self-training (%s) with %d unlabelled particles found near the "
+                 "labels", settings.self_training, sum(len(t) for t in found))
+        return found
+    return find
 
 
 def final_decisions(model: nn.Module, data: TrainingData, settings: TrainingSettings,
