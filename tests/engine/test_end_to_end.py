@@ -19,11 +19,15 @@ import torch
 
 from sasi_scipion.engine.cli import main
 from sasi_scipion.engine.coordinates import read_particles, write_particles
+from sasi_scipion.engine.defaults import WINDOW
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.metrics import evaluate_distance, evaluate_occupancy
-from sasi_scipion.engine.model_file import read_model_file
+from sasi_scipion.engine.model_file import load_model, read_model_file
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
 from sasi_scipion.engine.resample import resample, resampled_shape, to_source_voxels
+from sasi_scipion.engine.training import TrainingSettings
+from sasi_scipion.engine.training_data import load_training_data
+from sasi_scipion.engine.training_run import self_labeller
 
 ITERATIONS = 160
 F1_BAR = 0.5
@@ -158,6 +162,32 @@ def test_model_file_records_the_run(trained, capsys) -> None:
     assert main(["info", "--model", str(trained["model"])]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"] == sum(
         t.numel() for t in state.values())
+
+
+@pytest.mark.parametrize("mode", ["ignore", "labels"])
+def test_self_training_finds_unlabelled_particles_of_the_training_tomogram(trained,
+                                                                        mode) -> None:
+    dataset = json.loads((trained["data"] / "dataset.json").read_text())
+    data = load_training_data([str(trained["data"] / "tomo_000.mrc")],
+                              [str(trained["work"] / "labels.tsv")], dataset["radii"], WINDOW)
+    network, _ = load_model(trained["model"], torch.device("cpu"))
+    settings = TrainingSettings(self_training=mode)
+    (found,) = self_labeller(data, settings, torch.device("cpu"))(network)
+    truth = read_particles(trained["data"] / "tomo_000.tsv")
+    labels = read_particles(trained["work"] / "labels.tsv")
+    radius = np.array([dataset["radii"][str(c)] for c in truth.classes])
+    to_truth = np.linalg.norm(found.xyz[:, None] - truth.xyz[None], axis=2)
+    nearest = to_truth.argmin(axis=1)
+    on_particle = to_truth[np.arange(len(found)), nearest] < radius[nearest]
+    to_labels = np.linalg.norm(found.xyz[:, None] - labels.xyz[None], axis=2)
+    # unlabelled particles of the tomogram, each once, none of them a label
+    assert len(found) >= 0.25 * (len(truth) - len(labels)), f"{len(found)} found"
+    assert on_particle.mean() >= 0.8, f"{on_particle.mean():.2f} on particles"
+    assert len(set(nearest[on_particle])) == on_particle.sum()
+    assert (to_labels.min(axis=1) > 4).all()
+    if mode == "labels":  # taught with a class: mostly the right one
+        right = found.classes[on_particle] == truth.classes[nearest[on_particle]]
+        assert right.mean() >= 0.7, f"{right.mean():.2f} of the classes right"
 
 
 def test_seed_makes_cpu_training_reproducible(trained) -> None:
