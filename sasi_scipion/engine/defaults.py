@@ -29,8 +29,11 @@ SSL_SCHEDULES: tuple[str, ...] = get_args(SslSchedule)
 SelfTrainingMode = Literal["off", "ignore", "labels"]
 SELF_TRAINING_MODES: tuple[str, ...] = get_args(SelfTrainingMode)
 """What ``sasi train`` does with the unlabelled particles its model finds half-way
-(``self_training``): ``off`` (the default), ``ignore`` (left out of the loss instead of
-taught as background), ``labels`` (taught as extra labels of the class picked)."""
+(``self_training``): ``off``, ``ignore`` (left out of the loss instead of taught as
+background), ``labels`` (taught as extra labels of the class picked)."""
+DEFAULT_SELF_TRAINING: SelfTrainingMode = "off"
+"""The self-training mode of ``sasi train`` and the train form unless told otherwise
+(``docs/method.md``, "Unlabelled particles")."""
 SSL_AUTO = "auto"
 """``--ssl`` value that means ``iss``, or ``none`` with a pre-trained model."""
 ComponentMode = Literal["argmax", "foreground", "peaks"]

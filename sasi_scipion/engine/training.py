@@ -15,9 +15,9 @@ Choices where the paper is silent (all exposed in ``TrainingSettings``):
 - Consistency guidance runs in the first half of training on a batch of
   unlabelled windows (``consistency_batch``) with a random exact transform
   (flips and 90° turns about z), weight ``consistency_weight``.
-- Self-training (``self_training``, off by default): at ``self_training_at`` of the
-  iterations the model's unlabelled finds in the training tomograms are left out of
-  the loss or taught as labels (``self_training``).
+- Self-training (``self_training``, ``DEFAULT_SELF_TRAINING`` unless told): at
+  ``self_training_at`` of the iterations the model's unlabelled finds in the training
+  tomograms are left out of the loss or taught as labels.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .coordinates import ParticleTable
 from .defaults import (
     BATCH_SIZE,
     DEFAULT_ITERATIONS,
+    DEFAULT_SELF_TRAINING,
     MAX_RESAMPLING_FACTOR,
     SELF_TRAINING_MODES,
     WINDOW,
@@ -153,7 +154,7 @@ class TrainingSettings:
     precision: TrainingPrecision = "auto"
     ema_decay: float = 0.0
     band_limit: float = 1.0
-    self_training: SelfTrainingMode = "off"
+    self_training: SelfTrainingMode = DEFAULT_SELF_TRAINING
     self_training_at: float = 0.5
 
     def for_device(self, device: torch.device) -> TrainingSettings:

@@ -14,7 +14,9 @@ from ..engine.coordinates import ParticleTable, write_particles
 from ..engine.defaults import (
     BACKBONE_NAMES,
     DEFAULT_ITERATIONS,
+    DEFAULT_SELF_TRAINING,
     MAX_RESAMPLING_FACTOR,
+    SELF_TRAINING_MODES,
     SSL_AUTO,
     SSL_SCHEDULES,
     VOXEL_SIZE_TOLERANCE,
@@ -127,6 +129,15 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                       help="SimCLR on the training tomograms: iss (first 10 % of the steps), "
                            "pss (blocks spread over the first half), none; auto = iss, or none "
                            "when starting from a pre-trained model.")
+        form.addParam("selfTraining", params.EnumParam, choices=list(SELF_TRAINING_MODES),
+                      default=SELF_TRAINING_MODES.index(DEFAULT_SELF_TRAINING),
+                      label="Self-training",
+                      help="Half-way through training, the model picks its training tomograms; "
+                           "confident picks on no label are particles nobody labelled. ignore: "
+                           "leave them out of the loss, so they are not taught as background; "
+                           "labels: teach them as extra labels of the class picked (a wrong "
+                           "class is taught too); off: every unlabelled voxel is background. "
+                           "Your labels never change.")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Random seed", help="Same seed, same CPU result.")
         self._addTrainingGpuParams(form)
@@ -199,6 +210,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         args = ["train", "--out", out, "--seed", str(self.seed.get()),
                 "--arch", list(BACKBONE_NAMES)[self.arch.get()],
                 "--ssl", SSL_CHOICES[self.sslSchedule.get()], "--resume",
+                "--self-training", SELF_TRAINING_MODES[self.selfTraining.get()],
                 *self._batchNormArguments(), *voxel_size_arguments(self._tomograms())]
         for ts_id, tomo in tomograms_by_tsid(self._tomograms()).items():
             if os.path.exists(self._labelsPath(ts_id)):
@@ -314,10 +326,16 @@ class ProtSaSiTrain(ProtSaSiModelBase):
             lines.append("Training not finished yet.")
         return lines
 
+    def _selfTrainingMethod(self) -> str | None:
+        mode = SELF_TRAINING_MODES[self.selfTraining.get()]
+        return {"ignore": "unlabelled particles found half-way left out of the loss",
+                "labels": "unlabelled particles found half-way taught as labels"}.get(mode)
+
     def _methods(self) -> list[str]:
         parts = ["Volume Infill" if self.infill.get() else None,
                  "consistency guidance" if self.consistency.get() else None,
-                 f"{SSL_CHOICES[self.sslSchedule.get()]} self-supervision"]
+                 f"{SSL_CHOICES[self.sslSchedule.get()]} self-supervision",
+                 self._selfTrainingMethod()]
         return [f"A SaSi particle picker [Adethya2025] was trained on "
                 f"{sum(s.getSize() for s in self._sets())} labelled particles of "
                 f"{len(self.classPlan())} class(es) with {', '.join(p for p in parts if p)}."]

@@ -3,6 +3,7 @@ on sets built in memory: no protocol runs, so these take seconds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -222,6 +223,33 @@ def test_train_refuses_a_missing_pretrained_model_and_bad_numbers(env) -> None:
     train.iterations.set(10**12)
     train.seed.set(-1)
     assert "at most 1000000" in _errors(train) and "Random seed" in _errors(train)
+
+
+def test_train_passes_the_self_training_choice_the_engine_reads(env, monkeypatch) -> None:
+    from pyworkflow.object import Pointer
+
+    from sasi_scipion.engine.cli import build_parser
+    from sasi_scipion.engine.defaults import DEFAULT_SELF_TRAINING, SELF_TRAINING_MODES
+    from sasi_scipion.protocols import ProtSaSiTrain
+
+    project, d = env
+    tomograms = _tomograms(d, [("a.mrc", "t1")], "train_self_training")
+    train = project.newProtocol(ProtSaSiTrain, useGpu=False, radii="3")
+    train.inputCoordinates.append(Pointer(_coordinates(d, tomograms, "coords_self_training")))
+    train.inputTomograms.set(tomograms)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(train, "runTraining", lambda args, out: commands.append(args))
+    os.makedirs(train._getExtraPath(), exist_ok=True)
+    train.convertInputStep()
+    train.trainStep()
+    for mode in ("ignore", "labels", "off"):
+        train.selfTraining.set(SELF_TRAINING_MODES.index(mode))
+        train.trainStep()
+    read = [build_parser().parse_args(c).self_training for c in commands]
+    assert read == [DEFAULT_SELF_TRAINING, "ignore", "labels", "off"]
+    assert "left out of the loss" not in train._methods()[0]
+    train.selfTraining.set(SELF_TRAINING_MODES.index("ignore"))
+    assert "unlabelled particles found half-way left out of the loss" in train._methods()[0]
 
 
 def test_evaluate_refuses_a_nan_hit_radius(env) -> None:
