@@ -18,14 +18,16 @@ ITERATIONS = 6
 supervised with infill: every loss that crosses the processes is exercised."""
 
 
-def _train(tomogram: Path, labels: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
-    """``sasi train`` in ``processes`` processes, in float32 whatever the CPU: the
+def _train(tomogram: Path, labels: Path, out: Path, processes: int,
+           *extra: str) -> subprocess.CompletedProcess:
+    """``sasi train [EXTRA]`` in ``processes`` processes, in float32 whatever the CPU: the
     tolerances below are float32 rounding (bf16 autocast, the default on an AMX CPU,
     rounds each convolution to 8 bits of mantissa and would hide a real mismatch)."""
     command = [sys.executable, "-m", "sasi_scipion.engine.cli", "train", "--tomogram",
                str(tomogram), "--coords", str(labels), "--radius", "3", "--iterations",
                str(ITERATIONS), "--batch-size", "4", "--seed", "5", "--device", "cpu",
-               "--processes", str(processes), "--precision", "fp32", "--out", str(out)]
+               "--processes", str(processes), "--precision", "fp32", "--out", str(out),
+               *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -84,6 +86,26 @@ def test_only_rank_zero_writes_and_both_ranks_ran(runs) -> None:
     assert "starting 2 training processes" in result.stderr
     assert "rank=0/2" in result.stderr and "rank=1/2" in result.stderr
     assert sorted(p.name for p in out.parent.glob("m2*")) == ["m2.json", "m2.log.jsonl", "m2.pt"]
+
+
+@pytest.mark.slow
+def test_self_training_finds_the_same_particles_in_two_processes(runs) -> None:
+    """Self-training half-way (step 3): rank 0's finds are broadcast, so both processes
+    leave the same voxels out of the loss and the run matches one process's."""
+    folder = runs[1][1].parent
+    metadata = {}
+    for n in (1, 2):
+        out = folder / f"self_training{n}.pt"
+        result = _train(folder / "tomo.mrc", folder / "labels.tsv", out, n,
+                        "--self-training", "ignore", "--self-training-at", "0.5")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "train: self-training (ignore) with" in result.stderr
+        metadata[n] = read_model_file(out)[0]
+    found = [[r.get("self_labels") for r in metadata[n].loss_history] for n in (1, 2)]
+    assert found[0] == found[1] and found[0][3] is not None
+    assert metadata[2].settings["self_training"] == "ignore"
+    np.testing.assert_allclose([r["loss"] for r in metadata[2].loss_history],
+                               [r["loss"] for r in metadata[1].loss_history], rtol=2e-3)
 
 
 def test_batch_must_split_over_the_processes(runs, tmp_path, capsys) -> None:
