@@ -27,6 +27,8 @@ class SaSiModel(EMObject):
         self._sslCollapsedAt = pwobj.Integer()
         self._labelPrototypes = pwobj.Boolean(False)
         self._labelRecall = pwobj.String("[]")
+        self._selfTraining = pwobj.String()
+        self._selfLabelsFound = pwobj.Integer()
 
     def getPath(self) -> str:
         """Path of the ``.pt`` model file."""
@@ -86,6 +88,16 @@ class SaSiModel(EMObject):
                 "ln(2B - 1)): self-supervision taught this model nothing; see the run's "
                 "log"] if at else []
 
+    def selfTrainingLines(self) -> list[str]:
+        """A summary line saying how many unlabelled particles self-training found in
+        the training tomograms and what training did with them (none when it was off)."""
+        found = self._selfLabelsFound.get()
+        if found is None:
+            return []
+        fate = {"ignore": "left out of the loss", "labels": "taught as labels"}
+        return [f"Self-training: {found} unlabelled particle(s) found half-way, "
+                f"{fate.get(self._selfTraining.get(), self._selfTraining.get())}"]
+
     def setFromMetadata(self, card: dict) -> None:
         """Fill from the model file's JSON side-car (``M.json`` beside ``M.pt``)."""
         self._classNames.set(json.dumps(card["classes"]))
@@ -94,7 +106,10 @@ class SaSiModel(EMObject):
         self._window.set(card["window"])
         self._arch.set(card["arch"])
         self._pretrainedOnly.set(card["pretrained_only"])
-        self._sslCollapsedAt.set(card.get("settings", {}).get("ssl_collapsed_at"))
+        settings = card.get("settings", {})
+        self._sslCollapsedAt.set(settings.get("ssl_collapsed_at"))
+        self._selfTraining.set(settings.get("self_training"))
+        self._selfLabelsFound.set(settings.get("self_labels_found"))
         self._labelPrototypes.set(bool(card.get("label_prototypes")))
         self._labelRecall.set(json.dumps(card.get("label_recall", [])))
 

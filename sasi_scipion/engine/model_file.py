@@ -265,8 +265,9 @@ def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[s
     no calibration), the fraction of each class's labels it finds again in its training
     tomograms (``label_recall``, ``None`` when unknown), whether it has label prototypes
     (``prototypes``), which batch-norm statistics it keeps (``training_run.final_decisions``;
-    ``None`` when unknown or without batch normalisation), parameter count (weights and
-    buffers) and engine version."""
+    ``None`` when unknown or without batch normalisation), the self-training mode and how
+    many unlabelled particles it found (``self_labels_found``, ``None``: it did not run),
+    parameter count (weights and buffers) and engine version."""
     return {"arch": meta.arch, "classes": meta.classes, "radii": meta.radii,
             "window": meta.window, "voxel_size": meta.voxel_size,
             "pretrained_only": meta.pretrained_only, "iterations": meta.iterations,
@@ -276,6 +277,8 @@ def model_summary(meta: ModelMetadata, state: dict[str, torch.Tensor]) -> dict[s
                              if meta.label_recall else None),
             "label_prototypes": bool(meta.label_prototypes),
             "batch_norm_statistics": meta.settings.get("batch_norm_statistics"),
+            "self_training": meta.settings.get("self_training"),
+            "self_labels_found": meta.settings.get("self_labels_found"),
             "parameters": int(sum(t.numel() for t in state.values())),
             "engine_version": meta.engine_version}
 

@@ -95,6 +95,12 @@ def collapse_iteration(history: Sequence[dict[str, float | str]]) -> int | None:
                 None)
 
 
+def self_labels_found(history: Sequence[dict[str, float | str]]) -> int | None:
+    """How many unlabelled particles self-training found (``self_labels`` of its step),
+    or ``None`` when it did not run."""
+    return next((int(r["self_labels"]) for r in history if "self_labels" in r), None)
+
+
 @dataclass
 class TrainingSettings:
     """Hyper-parameters of one training run (JSON-ready, stored in the model file).

@@ -48,7 +48,13 @@ from .picking import LabelDecisions, label_decisions, label_picks
 from .prototypes import fit_prototypes
 from .self_training import PSEUDO_LABEL_QUANTILE, unlabelled_picks
 from .thresholds import label_recall_warning, score_cutoffs
-from .training import SaSiTrainer, SelfLabeller, TrainingSettings, collapse_iteration
+from .training import (
+    SaSiTrainer,
+    SelfLabeller,
+    TrainingSettings,
+    collapse_iteration,
+    self_labels_found,
+)
 from .training_data import LabelsInput, TrainingData, load_training_data, load_unlabelled
 
 LOG = logging.getLogger(__package__)
@@ -219,6 +225,7 @@ def prepare_train(
                       "background_points": sum(len(t) for t in data.negatives or []),
                       "processes": replica.world_size,
                       "ssl_collapsed_at": collapse_iteration(history),
+                      "self_labels_found": self_labels_found(history),
                       "batch_norm_statistics": statistics},
             loss_history=history, score_cutoffs=cutoffs, label_recall=recall,
             contrast=contrast,

@@ -322,6 +322,7 @@ class ProtSaSiTrain(ProtSaSiModelBase):
                          f"{model.getPath()}")
             lines += model.collapseWarning()
             lines += model.labelRecallLines()
+            lines += model.selfTrainingLines()
         else:
             lines.append("Training not finished yet.")
         return lines

@@ -83,6 +83,7 @@ def test_a_trained_model_carries_the_statistics_of_its_whole_training_tomogram(
     picking_statistics(again, [volume], 24, settings.batch_size, settings.seed, CPU)
     assert saved and all(torch.equal(v, again.state_dict()[k]) for k, v in saved.items())
     assert model.info()["batch_norm_statistics"] == "tomogram"  # two classes
+    assert (model.info()["self_training"], model.info()["self_labels_found"]) == ("off", None)
     other_seed = copy.deepcopy(model.network)
     picking_statistics(other_seed, [volume], 24, settings.batch_size, 5, CPU)
     assert not all(torch.equal(v, other_seed.state_dict()[k]) for k, v in saved.items())

@@ -104,6 +104,7 @@ def test_self_training_finds_the_same_particles_in_two_processes(runs) -> None:
     found = [[r.get("self_labels") for r in metadata[n].loss_history] for n in (1, 2)]
     assert found[0] == found[1] and found[0][3] is not None
     assert metadata[2].settings["self_training"] == "ignore"
+    assert metadata[2].settings["self_labels_found"] == found[0][3]
     np.testing.assert_allclose([r["loss"] for r in metadata[2].loss_history],
                                [r["loss"] for r in metadata[1].loss_history], rtol=2e-3)
 

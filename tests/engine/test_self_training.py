@@ -25,7 +25,7 @@ from sasi_scipion.engine.self_training import (
     to_rows,
     unlabelled_picks,
 )
-from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
+from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings, self_labels_found
 from sasi_scipion.engine.training_data import ANY_CLASS, load_training_data
 
 CLASSES = ["a", "b"]
@@ -170,6 +170,7 @@ def test_trainer_paints_the_finds_at_its_step_and_again_after_a_resume(labelled,
 
     history = whole.run(ProgressLog(4, "test", stream=io.StringIO()), after_step=keep)
     assert calls == [1] and [r.get("self_labels") for r in history] == [None, None, 2.0, None]
+    assert self_labels_found(history) == 2 and self_labels_found(history[:2]) is None
     painted = whole.supervised.label_maps[0]
     assert np.array_equal(whole.data.label_maps[0], original)  # the user's map is kept
     expected = paint_self_labels(original, FOUND[0], ["a", "b"], [3.0, 3.0], mode)

@@ -334,6 +334,26 @@ def test_model_summary_warns_of_a_simclr_collapse(env) -> None:
     assert "SimCLR collapsed at iteration 27" in collapsed.collapseWarning()[0]
 
 
+def test_model_summary_says_what_self_training_found(env) -> None:
+    from sasi_scipion.objects import SaSiModel
+
+    card = {"classes": ["a"], "radii": [3], "voxel_size": 10.0, "window": 24,
+            "arch": "deepfinder", "pretrained_only": False}
+    lines = {}
+    for mode, found in (("ignore", 7), ("labels", 0), ("off", None)):
+        model = SaSiModel(path="m.pt")
+        model.setFromMetadata({**card, "settings": {"self_training": mode,
+                                                    "self_labels_found": found}})
+        lines[mode] = model.selfTrainingLines()
+    assert lines["ignore"] == ["Self-training: 7 unlabelled particle(s) found half-way, "
+                               "left out of the loss"]
+    assert lines["labels"] == ["Self-training: 0 unlabelled particle(s) found half-way, "
+                               "taught as labels"]
+    older = SaSiModel(path="m.pt")
+    older.setFromMetadata(card)
+    assert lines["off"] == [] and older.selfTrainingLines() == []
+
+
 def test_model_summary_says_how_many_labels_the_model_finds_again(env) -> None:
     from sasi_scipion.objects import SaSiModel
 
