@@ -326,10 +326,10 @@ class SaSiTrainer:
         return consistency_loss(self.model, x, transform.apply, self.replica.sum_across)
 
     def _find_self_labels(self) -> int:
-        """Find the unlabelled particles with the current weights (the main process's
-        finds in every process), paint them into the sampler's label maps; return how
-        many."""
-        tables = self.self_labeller(self.model)
+        """Find the unlabelled particles with the current weights (only the main process
+        searches, on a copy that shares no statistics; every process gets its finds),
+        paint them into the sampler's label maps; return how many."""
+        tables = self.self_labeller(self.model) if self.replica.is_main else []
         rows = to_rows(tables, self.data.class_names)
         self._self_labels = self.replica.broadcast_rows(rows, self.device)
         self._apply_self_labels()
