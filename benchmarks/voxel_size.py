@@ -33,11 +33,11 @@ from sasi_scipion.engine.mrc_io import read_volume, write_volume
 from sasi_scipion.engine.resample import resample, resampled_shape, to_source_voxels
 
 
-def _pick(model: Path, tomogram: Path, out: Path) -> float:
-    """Run ``sasi pick``; return its wall time in seconds."""
+def _pick(model: Path, tomogram: Path, out: Path, *extra: str) -> float:
+    """Run ``sasi pick [EXTRA]``; return its wall time in seconds."""
     began = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "sasi"), "pick", "--model", str(model),
-                    "--tomogram", str(tomogram), "--out", str(out), "--device", "cpu"],
+                    "--tomogram", str(tomogram), "--out", str(out), "--device", "cpu", *extra],
                    check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     return time.perf_counter() - began
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from accuracy import _score
 from report import current_commit
+from voxel_size import _pick
 
 from sasi_scipion.engine.coordinates import ParticleTable, read_particles
 from sasi_scipion.engine.defaults import DEFAULT_COMPONENTS
@@ -37,10 +37,7 @@ THRESHOLDS = np.round(np.arange(0.1, 0.96, 0.05), 2)
 
 def every_pick(model: Path, tomogram: Path, out: Path) -> ParticleTable:
     """``sasi pick --min-score 0`` of ``tomogram``: every pick with its score."""
-    subprocess.run([str(Path(sys.executable).parent / "sasi"), "pick", "--model", str(model),
-                    "--tomogram", str(tomogram), "--out", str(out), "--device", "cpu",
-                    "--min-score", "0"], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    _pick(model, tomogram, out, "--min-score", "0")
     return read_particles(out, allow_empty=True)
 
 

@@ -7,7 +7,7 @@ import json
 import pyworkflow.object as pwobj
 from pwem.objects import EMObject
 
-from .engine.defaults import LOW_LABEL_RECALL
+from .engine.defaults import LOW_LABEL_RECALL, SELF_TRAINING_FATES
 
 
 class SaSiModel(EMObject):
@@ -94,9 +94,9 @@ class SaSiModel(EMObject):
         found = self._selfLabelsFound.get()
         if found is None:
             return []
-        fate = {"ignore": "left out of the loss", "labels": "taught as labels"}
+        mode = self._selfTraining.get()
         return [f"Self-training: {found} unlabelled particle(s) found half-way, "
-                f"{fate.get(self._selfTraining.get(), self._selfTraining.get())}"]
+                f"{SELF_TRAINING_FATES.get(mode, mode)}"]
 
     def setFromMetadata(self, card: dict) -> None:
         """Fill from the model file's JSON side-car (``M.json`` beside ``M.pt``)."""

@@ -31,6 +31,10 @@ SELF_TRAINING_MODES: tuple[str, ...] = get_args(SelfTrainingMode)
 """What ``sasi train`` does with the unlabelled particles its model finds half-way
 (``self_training``): ``off``, ``ignore`` (left out of the loss instead of taught as
 background), ``labels`` (taught as extra labels of the class picked)."""
+SELF_TRAINING_FATES: dict[str, str] = {"ignore": "left out of the loss",
+                                       "labels": "taught as labels"}
+"""What each self-training mode but ``off`` does with the particles it finds, in the
+words of the train protocol's summary and methods."""
 DEFAULT_SELF_TRAINING: SelfTrainingMode = "off"
 """The self-training mode of ``sasi train`` and the train form unless told otherwise
 (``docs/method.md``, "Unlabelled particles")."""

@@ -16,6 +16,7 @@ from ..engine.defaults import (
     DEFAULT_ITERATIONS,
     DEFAULT_SELF_TRAINING,
     MAX_RESAMPLING_FACTOR,
+    SELF_TRAINING_FATES,
     SELF_TRAINING_MODES,
     SSL_AUTO,
     SSL_SCHEDULES,
@@ -328,9 +329,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         return lines
 
     def _selfTrainingMethod(self) -> str | None:
-        mode = SELF_TRAINING_MODES[self.selfTraining.get()]
-        return {"ignore": "unlabelled particles found half-way left out of the loss",
-                "labels": "unlabelled particles found half-way taught as labels"}.get(mode)
+        fate = SELF_TRAINING_FATES.get(SELF_TRAINING_MODES[self.selfTraining.get()])
+        return f"unlabelled particles found half-way {fate}" if fate else None
 
     def _methods(self) -> list[str]:
         parts = ["Volume Infill" if self.infill.get() else None,

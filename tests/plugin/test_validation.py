@@ -233,6 +233,7 @@ def test_train_passes_the_self_training_choice_the_engine_reads(env, monkeypatch
     from sasi_scipion.protocols import ProtSaSiTrain
 
     project, d = env
+    monkeypatch.chdir(project.path)  # the protocol's folders are relative to the project
     tomograms = _tomograms(d, [("a.mrc", "t1")], "train_self_training")
     train = project.newProtocol(ProtSaSiTrain, useGpu=False, radii="3")
     train.inputCoordinates.append(Pointer(_coordinates(d, tomograms, "coords_self_training")))
