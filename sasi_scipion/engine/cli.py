@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "finds in the training tomograms part-way through (at "
                             "--self-training-at): ignore (leave them out of the loss instead "
                             "of teaching them as background), labels (teach them as extra "
-                            "labels of the class picked) or off (default); your labels "
-                            "always stay")
+                            "labels of the class picked) or off; your labels always stay "
+                            f"(default {TrainingSettings.self_training})")
     train.add_argument("--self-training-at", type=float, metavar="F",
                        default=TrainingSettings.self_training_at,
                        help="share of the iterations after which self-training finds them "

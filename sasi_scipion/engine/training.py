@@ -235,7 +235,8 @@ class SaSiTrainer:
         replica: this process's place in a data-parallel run (see ``distributed``);
             every process draws the global batches and works on its share.
         self_labeller: finds the unlabelled particles for ``settings.self_training``
-            (required unless it is ``off``); the main process's finds are used by all.
+            (unless it is ``off``; ``training_run.self_labeller`` of ``data`` when not
+            given); the main process's finds are used by all.
     """
 
     def __init__(
@@ -280,12 +281,13 @@ class SaSiTrainer:
         self.schedule = (
             np.ones(settings.iterations, dtype=bool) if data is None else ssl_iterations(settings)
         )
-        self.self_labeller = self_labeller
         self.self_training_iteration = (
             int(round(settings.self_training_at * settings.iterations))
             if data is not None and settings.self_training != "off" else None)
         if self.self_training_iteration is not None and self_labeller is None:
-            raise ValueError("settings.self_training needs a self_labeller")
+            from .training_run import self_labeller as labeller_of  # it imports this module
+            self_labeller = labeller_of(data, self.settings, device)
+        self.self_labeller = self_labeller
         self._self_labels: np.ndarray | None = None  # self_training.to_rows of the finds
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -200,9 +200,7 @@ def prepare_train(
     model = build_backbone(arch, len(data.class_names) + 1, **arch_params)
     if state is not None:
         LOG.info("train: started from %s (%d tensors)", pre_name, _load_matching(model, state))
-    trainer = trainer_class(model, data, data.volumes + extra, settings, device, replica,
-                            self_labeller=(self_labeller(data, settings, device)
-                                           if settings.self_training != "off" else None))
+    trainer = trainer_class(model, data, data.volumes + extra, settings, device, replica)
     contrast = label_contrast(data.volumes, data.label_maps)
     skew = float(np.mean([contrast_skew(volume) for volume in data.volumes]))
 
