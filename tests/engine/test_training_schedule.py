@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -67,10 +66,6 @@ def test_simclr_collapse_is_the_loss_stuck_at_ln_2b_minus_1() -> None:
 
 
 def _tiny_trainer(settings: TrainingSettings) -> SaSiTrainer:
-    """A trainer of a narrow net on one random volume, without self-training (whose
-    pick of the training tomogram would run the net outside the steps these tests
-    watch)."""
-    settings = dataclasses.replace(settings, self_training="off")
     rng = np.random.default_rng(0)
     volume = rng.normal(size=(24, 32, 32)).astype(np.float32)
     particles = ParticleTable([[10, 12, 12], [20, 20, 12]], ["a", "a"])
