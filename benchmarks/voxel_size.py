@@ -7,7 +7,9 @@ the same model in the same run. For each voxel size coarser than the data's, a
 control row: the native tomogram band-limited to that voxel size's Nyquist
 frequency (resampled there and back, written at the native header, so that pick
 does not resample it): what the detail lost costs on its own, without picking on
-another grid.
+another grid. Every row is picked twice, with ``--adapt-statistics off`` and ``on``
+(batch-normalisation statistics re-estimated over the tomogram picked; ``auto``, the
+default, is ``on`` for the coarser tomograms and ``off`` for the others).
 
 Usage: python benchmarks/voxel_size.py --work WORK --model sasi_10_0.pt
        [--voxel-sizes 7.5 13.5] --out results.json
@@ -32,6 +34,9 @@ from sasi_scipion.engine.coordinates import read_particles
 from sasi_scipion.engine.mrc_io import read_volume, write_volume
 from sasi_scipion.engine.resample import resample, resampled_shape, to_source_voxels
 
+ADAPTATIONS = ("off", "on")
+"""``sasi pick --adapt-statistics`` values each row is picked with."""
+
 
 def _pick(model: Path, tomogram: Path, out: Path, *extra: str) -> float:
     """Run ``sasi pick [EXTRA]``; return its wall time in seconds."""
@@ -55,12 +60,13 @@ def main() -> None:
     model = args.work / args.model
     folder = args.work / "voxel_size"
     folder.mkdir(exist_ok=True)
-    results = []
+    results: list[dict] = []
+    commit = current_commit()
     native_size = dataset["voxel_size"]
     runs = [(None, False), *[(v, False) for v in args.voxel_sizes],
             *[(v, True) for v in args.voxel_sizes if v > native_size]]
     for voxel_size, control in runs:
-        picks, seconds = {}, 0.0
+        tomograms = {}
         for name in tests:
             source = read_volume(data / f"{name}.mrc")
             tomogram, shape = data / f"{name}.mrc", source.data.shape
@@ -73,30 +79,40 @@ def main() -> None:
                                  source.voxel_size)
                 else:
                     write_volume(tomogram, resampled, voxel_size)
-            label = f"{voxel_size}_band" if control else voxel_size or "native"
-            out = folder / f"{Path(args.model).stem}_{label}_{name}.tsv"
-            seconds += _pick(model, tomogram, out)
-            table = read_particles(out, allow_empty=True)
-            if not control:
-                table.xyz = to_source_voxels(table.xyz, source.data.shape, shape)
-            picks[name] = table
-        results.append({"voxel_size": native_size if control or voxel_size is None
-                        else voxel_size,
-                        "band_limited_to": voxel_size if control else None,
-                        "native": voxel_size is None, "pick_s": round(seconds, 1),
-                        **_score(picks, data, tests, dataset["unscored"])})
-        print(results[-1], file=sys.stderr)
+            tomograms[name] = tomogram, source.data.shape, shape
+        for adapt in ADAPTATIONS:
+            picks, seconds = {}, 0.0
+            for name, (tomogram, source_shape, shape) in tomograms.items():
+                label = f"{voxel_size}_band" if control else voxel_size or "native"
+                out = folder / f"{Path(args.model).stem}_{label}_{adapt}_{name}.tsv"
+                seconds += _pick(model, tomogram, out, "--adapt-statistics", adapt)
+                table = read_particles(out, allow_empty=True)
+                if not control:
+                    table.xyz = to_source_voxels(table.xyz, source_shape, shape)
+                picks[name] = table
+            results.append({"voxel_size": native_size if control or voxel_size is None
+                            else voxel_size,
+                            "band_limited_to": voxel_size if control else None,
+                            "native": voxel_size is None, "adapt_statistics": adapt,
+                            "pick_s": round(seconds, 1),
+                            **_score(picks, data, tests, dataset["unscored"])})
+            print(results[-1], file=sys.stderr)
+            _write(Path(args.out), model, commit, results)
+    print(Path(args.out).read_text())
+
+
+def _write(out: Path, model: Path, commit: str, results: list[dict]) -> None:
+    """Write the rows so far, each with its difference from the first (native,
+    ``--adapt-statistics off``) row."""
     native = results[0]
     for row in results[1:]:
         row["pooled_f1_minus_native"] = round(row["pooled_f1"] - native["pooled_f1"], 3)
         row["class_aware_f1_minus_native"] = round(
             row["class_aware_f1"] - native["class_aware_f1"], 3)
-    commit = current_commit()
-    Path(args.out).write_text(json.dumps({
+    out.write_text(json.dumps({
         "command": " ".join(sys.argv), "commit": commit,
         "hardware": platform.processor() or platform.machine(), "model": str(model),
         "results": results}, indent=2) + "\n")
-    print(Path(args.out).read_text())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .defaults import (
     PickMode,
     Precision,
     PrototypeFilter,
+    StatisticsAdaptation,
 )
 from .device import resolve_device, use_all_cpus
 from .errors import SasiInputError, SasiWarning, input_name  # noqa: F401 (exported)
@@ -203,12 +204,15 @@ def pick(
     class_calibration: bool = True,
     prototype_filter: PrototypeFilter = "auto",
     prototype_quantile: float = PROTOTYPE_QUANTILE,
+    adapt_statistics: StatisticsAdaptation = "auto",
 ) -> ParticleTable:
     """Find the particles of a tomogram.
 
     Args:
         model: a trained :class:`Model` or its file.
-        tomogram: a path or :class:`Volume` ``(z, y, x)``, at the model's voxel size.
+        tomogram: a path or :class:`Volume` ``(z, y, x)``; at another voxel size than
+            the model's it is picked resampled to the model's, the centres given in
+            its own voxels.
         mode: ``tiled`` (fast) or ``sliding`` (the paper's windows of W, stride W/2).
         min_score: drop particles scoring lower (0 to 1); ``None``: the model's
             per-class cut-offs chosen from its training labels.
@@ -229,6 +233,10 @@ def pick(
         prototype_quantile: with the filter, drop picks less similar to their class's
             label prototype than this quantile (0 to 1) of the labels' own
             leave-one-out similarities (higher: fewer, surer picks).
+        adapt_statistics: pick with the network's batch-normalisation statistics
+            re-estimated over this tomogram: ``auto`` for a tomogram coarser than the
+            model (a model whose statistics come from its training tomograms: several
+            classes), ``on`` always, ``off`` never.
 
     Returns:
         Centres in voxels ``(x, y, z)``, class and score per particle.
@@ -246,7 +254,8 @@ def pick(
         model, name = Model.load(model), str(model)
     return pick_tomogram(model, _tomogram(tomogram), resolve_device(device), mode, min_score,
                          precision, progress, components, invert_contrast, voxel_size, name,
-                         class_calibration, prototype_filter, prototype_quantile)
+                         class_calibration, prototype_filter, prototype_quantile,
+                         adapt_statistics)
 
 
 def _table(table: ParticleTable | str | os.PathLike, allow_empty: bool) -> ParticleTable:

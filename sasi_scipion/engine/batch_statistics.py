@@ -29,7 +29,12 @@ from torch import nn
 from .normalize import Voxels
 
 STATISTICS_BATCHES = 32
-"""Batches of uniformly placed windows the running statistics are averaged over."""
+"""Batches of uniformly placed windows the running statistics are averaged over after
+training."""
+PICK_STATISTICS_BATCHES = 8
+"""Batches of windows over the tomogram being picked when picking re-estimates the
+statistics there (``picking.adapted_model``): 4, 8 and 32 batches gave the same F1 on
+a coarser tomogram (``docs/method.md``), and each costs picking time."""
 
 
 def uniform_windows(volumes: Sequence[Voxels], window: int, batch: int,
@@ -69,10 +74,11 @@ def restore_running_statistics(model: nn.Module,
 
 
 def picking_statistics(model: nn.Module, volumes: Sequence[Voxels], window: int,
-                       batch: int, seed: int, device: torch.device) -> int:
+                       batch: int, seed: int, device: torch.device,
+                       batches: int = STATISTICS_BATCHES) -> int:
     """Re-estimate the running mean and variance of every batch normalisation of
-    ``model`` (on ``device``) as the cumulative mean over ``STATISTICS_BATCHES``
-    batches of ``batch`` :func:`uniform_windows` of ``volumes``, drawn from ``seed``;
+    ``model`` (on ``device``) as the cumulative mean over ``batches`` batches of
+    ``batch`` :func:`uniform_windows` of ``volumes``, drawn from ``seed``;
     no gradient, weights unchanged, statistics shared across data-parallel processes
     off meanwhile (only this process runs it). Returns the number of batch
     normalisations (0: nothing changed; the model is left in evaluation mode)."""
@@ -87,7 +93,7 @@ def picking_statistics(model: nn.Module, volumes: Sequence[Voxels], window: int,
     rng = np.random.default_rng(seed)
     model.train()
     with torch.no_grad():
-        for _ in range(STATISTICS_BATCHES):
+        for _ in range(batches):
             model(uniform_windows(volumes, window, batch, rng).to(device))
     for norm, (momentum, shared) in zip(norms, saved):
         norm.momentum = momentum

@@ -33,6 +33,7 @@ from .defaults import (
     SELF_TRAINING_MODES,
     SSL_AUTO,
     SSL_SCHEDULES,
+    STATISTICS_ADAPTATIONS,
     TRAINING_PRECISIONS,
     UNSCORED_CLASSES,
 )
@@ -71,6 +72,7 @@ FLAGS = {
     "batch_norm": "--no-batch-norm", "device": "--device", "mode": "--mode",
     "min_score": "--min-score", "voxel_size": "--voxel-size",
     "prototype_filter": "--prototype-filter", "prototype_quantile": "--prototype-quantile",
+    "adapt_statistics": "--adapt-statistics",
     "settings.iterations": "--iterations", "settings.seed": "--seed",
     "settings.learning_rate": "--learning-rate", "settings.ema_decay": "--ema-decay",
     "settings.band_limit": "--band-limit", "settings.self_training": "--self-training",
@@ -309,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with the prototype filter, drop picks less like their class's "
                            "labels than this quantile (0 to 1) of the labels' own "
                            "similarities (default %(default)s; higher: fewer, surer picks)")
+    pick.add_argument("--adapt-statistics", choices=STATISTICS_ADAPTATIONS, default="auto",
+                      help="re-estimate the network's batch-normalisation statistics over "
+                           "the tomogram picked: auto (default) for a tomogram coarser than "
+                           "the model (a model of several classes), on for any tomogram "
+                           "whose detail differs from the training data's (e.g. filtered "
+                           "differently), off never")
     _invert_contrast_option(pick)
     _voxel_size_option(pick)
     _device_option(pick)
@@ -417,7 +425,8 @@ def _run_pick(args: argparse.Namespace) -> None:
                          precision=args.precision, invert_contrast=args.invert_contrast,
                          voxel_size=args.voxel_size, class_calibration=args.class_calibration,
                          prototype_filter=args.prototype_filter,
-                         prototype_quantile=args.prototype_quantile)
+                         prototype_quantile=args.prototype_quantile,
+                         adapt_statistics=args.adapt_statistics)
         write_coordinates(out, picks, fmt, reference)
     counts = ", ".join(f"{name}: {int((picks.classes == name).sum())}"
                        for name in picks.class_names)

@@ -18,6 +18,7 @@ from ..engine.defaults import (
     PICK_MODES,
     PROTOTYPE_FILTERS,
     PROTOTYPE_QUANTILE,
+    STATISTICS_ADAPTATIONS,
     VOXEL_SIZE_TOLERANCE,
 )
 from ..objects import SaSiModel
@@ -57,7 +58,10 @@ class ProtSaSiPick(ProtSaSiBase):
         form.addSection(label="Input")
         form.addParam("inputTomograms", params.PointerParam, pointerClass=SetOfTomograms,
                       label="Tomograms", important=True,
-                      help="Tomograms at the sampling rate the model was trained at.")
+                      help="Tomograms to pick. At another sampling rate than the model's "
+                           f"(up to {MAX_RESAMPLING_FACTOR:g} times apart) they are resampled "
+                           "to the model's while picking, and the coordinates come at their "
+                           "own sampling rate.")
         form.addParam("inputModel", params.PointerParam, pointerClass=SaSiModel,
                       label="Trained model", important=True,
                       help="Output of 'sasi_scipion - train'.")
@@ -76,6 +80,18 @@ class ProtSaSiPick(ProtSaSiBase):
                            "here when it was dark in the model's training tomograms (the "
                            "usual, and the simulator's), or the reverse. The pick log "
                            "warns when a tomogram looks inverted relative to the model.")
+        form.addParam("adaptStatistics", params.EnumParam,
+                      choices=list(STATISTICS_ADAPTATIONS),
+                      default=STATISTICS_ADAPTATIONS.index("auto"),
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="Adapt normalisation to the tomograms",
+                      help="Re-estimate the network's batch-normalisation statistics over "
+                           "each tomogram before picking it (a few seconds). auto: for "
+                           "tomograms at a coarser sampling rate than the model (a model "
+                           "of several classes), whose missing fine detail otherwise "
+                           "costs many picks; on: for every tomogram, e.g. tomograms "
+                           "filtered or reconstructed differently from the training "
+                           "ones; off: never.")
         form.addParam("classCalibration", params.BooleanParam, default=True,
                       expertLevel=params.LEVEL_ADVANCED, label="Calibrated classes?",
                       help="Yes: each particle's class comes from the class calibration "
@@ -130,7 +146,9 @@ class ProtSaSiPick(ProtSaSiBase):
                       *(["--invert-contrast"] if self.invertContrast.get() else []),
                       *([] if self.classCalibration.get() else ["--no-class-calibration"]),
                       "--prototype-filter", PROTOTYPE_FILTERS[self.prototypeFilter.get()],
-                      "--prototype-quantile", repr(float(self.prototypeQuantile.get()))])
+                      "--prototype-quantile", repr(float(self.prototypeQuantile.get())),
+                      "--adapt-statistics",
+                      STATISTICS_ADAPTATIONS[self.adaptStatistics.get()]])
 
     def classOutputs(self) -> dict[str, str]:
         """Output name per class of the model: ``outputCoordinates_<class>``."""

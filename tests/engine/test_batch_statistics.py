@@ -8,10 +8,16 @@ import torch
 from torch import nn
 
 from sasi_scipion.engine.batch_statistics import (
+    PICK_STATISTICS_BATCHES,
     STATISTICS_BATCHES,
+    batch_norms,
     picking_statistics,
     uniform_windows,
 )
+from sasi_scipion.engine.errors import SasiInputError
+from sasi_scipion.engine.model_file import Model, ModelMetadata
+from sasi_scipion.engine.models import build_backbone
+from sasi_scipion.engine.picking import adaptation_applies, adapted_model
 
 CPU = torch.device("cpu")
 
@@ -125,3 +131,56 @@ def test_which_statistics_a_trained_model_keeps(monkeypatch, classes, recalls, k
     plain = nn.Sequential(nn.Conv3d(1, 2, 1))
     answers = iter([[0.0]])
     assert training_run.final_decisions(plain, data, TrainingSettings(), CPU)[1] is None
+
+
+def _metadata(settings: dict) -> ModelMetadata:
+    """A two-class 10 Å model's metadata with training ``settings``."""
+    return ModelMetadata(arch="deepfinder", arch_params={"batch_norm": True}, classes=["a", "b"],
+                         radii=[3.0, 4.0], window=24, voxel_size=10.0,
+                         normalisation="zscore", pretrained_only=False, iterations=1,
+                         settings=settings)
+
+
+@pytest.mark.parametrize(("setting", "statistics", "coarser", "applies"), [
+    ("auto", "tomogram", True, True),     # a model of several classes, coarser data
+    ("auto", "tomogram", False, False),   # native or finer data: the model's own
+    ("auto", "training", True, False),    # a one-class model keeps its training steps'
+    ("auto", None, True, False),          # an older model: unknown statistics
+    ("on", "training", False, True),
+    ("off", "tomogram", True, False),
+])
+def test_which_tomograms_picking_adapts_the_statistics_to(setting, statistics, coarser,
+                                                          applies) -> None:
+    meta = _metadata({"batch_norm_statistics": statistics})
+    assert adaptation_applies(setting, meta, coarser) is applies
+
+
+def test_an_unknown_adaptation_is_refused_with_the_choices() -> None:
+    meta = _metadata({})
+    with pytest.raises(SasiInputError, match="adapt_statistics sometimes: choose one of "
+                                             "auto, on, off"):
+        adaptation_applies("sometimes", meta, True)
+
+
+def test_picking_adapts_a_copy_to_the_tomogram_and_leaves_the_model_alone() -> None:
+    torch.manual_seed(0)
+    network = build_backbone("deepfinder", 3, batch_norm=True).eval()
+    meta = _metadata({"batch_size": 4, "seed": 5})
+    model = Model(network, meta)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    faint = 0.1 * np.random.default_rng(1).standard_normal((30, 40, 40)).astype(np.float32)
+    adapted = adapted_model(model, faint, CPU)
+    assert adapted.network is not network and adapted.metadata is meta
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, before[name]), name  # the model itself is unchanged
+    # the statistics are those of the tomogram's windows: faint data, a small variance
+    first, original = batch_norms(adapted.network)[0], batch_norms(network)[0]
+    assert (first.running_var < 0.5 * original.running_var).all()
+    # exactly the cumulative estimate over PICK_STATISTICS_BATCHES batches, model's seed
+    expected = build_backbone("deepfinder", 3, batch_norm=True)
+    expected.load_state_dict(before)
+    picking_statistics(expected, [faint], 24, 4, 5, CPU, batches=PICK_STATISTICS_BATCHES)
+    for name, value in expected.state_dict().items():
+        assert torch.equal(value, adapted.network.state_dict()[name]), name
+    for name, value in adapted.network.named_parameters():  # weights unchanged
+        assert torch.equal(value, before[name]), name

@@ -87,8 +87,9 @@ def test_few_shot_training_finds_the_particles(trained, capsys) -> None:
 def test_a_tomogram_at_another_voxel_size_is_picked_as_well(trained, voxel_size,
                                                             capsys) -> None:
     """The test tomogram (10 Å) resampled to 7.5 and 13.5 Å and written with that
-    header: the 10 Å model picks it resampled back on the fly, the picks come in its
-    own voxels, and, mapped to the 10 Å grid, score within 0.05 F1 of the native
+    header: the 10 Å model picks it resampled back on the fly (the coarser one with
+    batch-normalisation statistics re-estimated over it), the picks come in its own
+    voxels, and, mapped to the 10 Å grid, score within 0.05 F1 of the native
     tomogram's picks."""
     source = read_volume(trained["data"] / "tomo_001.mrc")
     shape = resampled_shape(source.data.shape, source.voxel_size, voxel_size)
@@ -98,8 +99,11 @@ def test_a_tomogram_at_another_voxel_size_is_picked_as_well(trained, voxel_size,
     for path, picks in ((trained["data"] / "tomo_001.mrc", native), (tomogram, other)):
         assert main(["pick", "--model", str(trained["model"]), "--tomogram", str(path),
                      "--out", str(picks), "--precision", "fp32"]) == 0
-    assert f"resampling {' x '.join(map(str, shape))} voxels of {voxel_size:.3f} Å" in (
-        capsys.readouterr().err)
+    log = capsys.readouterr().err
+    assert f"resampling {' x '.join(map(str, shape))} voxels of {voxel_size:.3f} Å" in log
+    # coarser than the model: picked with statistics re-estimated over it (auto)
+    adapted = f"{tomogram}: batch-normalisation statistics re-estimated over this tomogram"
+    assert (adapted in log) == (voxel_size > source.voxel_size)
     table = read_particles(other)
     # in the resampled tomogram's voxels: inside it, not inside the 10 Å grid's extent
     extent = np.array(shape[::-1])

@@ -27,6 +27,7 @@ from sasi_scipion.engine.self_training import (
 )
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings, self_labels_found
 from sasi_scipion.engine.training_data import ANY_CLASS, load_training_data
+from sasi_scipion.engine.training_run import self_labeller
 
 CLASSES = ["a", "b"]
 RADII = [3.0, 5.0]
@@ -196,3 +197,35 @@ def test_self_training_settings_are_checked() -> None:
         self_training="some").problem()
     assert "below 1" in TrainingSettings(self_training_at=1.0).problem()
     assert TrainingSettings(self_training="labels", self_training_at=0.3).problem() is None
+
+
+def test_a_search_that_finds_nothing_leaves_the_run_as_without_self_training(labelled) -> None:
+    """The real search (a model copy, its own statistics, picks near the labels) runs
+    at the self-training step; with no finds the run must be the one without
+    self-training, weight for weight: the search draws on neither the trainer's
+    generators nor its model, so any difference ``ignore`` makes is its finds'."""
+    tomogram, labels = labelled
+    data = load_training_data([str(tomogram)], [str(labels)], {ANY_CLASS: 3.0}, 24)
+    searched: list[int] = []
+
+    def trained(mode: str) -> dict[str, torch.Tensor]:
+        settings = TrainingSettings(iterations=4, batch_size=2, consistency_batch=2,
+                                    ssl_fraction=0.25, seed=2, self_training=mode,
+                                    self_training_at=0.5, precision="fp32")
+        search = self_labeller(data, settings, torch.device("cpu"))
+
+        def finds_nothing(model: torch.nn.Module) -> list[ParticleTable]:
+            searched.append(len(search(model)))
+            return [ParticleTable.empty() for _ in data.volumes]
+
+        torch.manual_seed(2)
+        trainer = SaSiTrainer(build_backbone("deepfinder", 3), data, data.volumes, settings,
+                              torch.device("cpu"), self_labeller=finds_nothing)
+        history = trainer.run(ProgressLog(4, "test", stream=io.StringIO()))
+        assert self_labels_found(history) == (0 if mode == "ignore" else None)
+        return trainer.model.state_dict()
+
+    without, searching = trained("off"), trained("ignore")
+    assert len(searched) == 1  # the search ran, once
+    for name, tensor in without.items():
+        assert torch.equal(tensor, searching[name]), name

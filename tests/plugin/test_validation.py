@@ -429,6 +429,27 @@ def test_pick_passes_the_prototype_filter_and_refuses_it_for_a_model_without(env
                                            "--prototype-quantile", "0.25"]
 
 
+
+def test_pick_passes_the_statistics_adaptation_the_engine_reads(env, monkeypatch) -> None:
+    from sasi_scipion.engine.cli import build_parser
+    from sasi_scipion.objects import SaSiModel
+    from sasi_scipion.protocols import ProtSaSiPick
+
+    project, d = env
+    pick = project.newProtocol(ProtSaSiPick, useGpu=False)
+    pick.inputTomograms.set(_tomograms(d, [("a.mrc", "t1")], "pick_adaptation"))
+    model = SaSiModel(path=str(d / "model.pt"))
+    model.setFromMetadata({"classes": ["a", "b"], "radii": [3, 4], "voxel_size": 10.0,
+                           "window": 24, "arch": "deepfinder", "pretrained_only": False})
+    pick.inputModel.set(model)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(pick, "runSasi", lambda args, device=True: commands.append(args))
+    for choice in ("auto", "on", "off"):
+        pick.adaptStatistics.set(["auto", "on", "off"].index(choice))
+        pick.pickStep("t1")
+        parsed = build_parser().parse_args(commands[-1])
+        assert parsed.adapt_statistics == choice
+
 def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
     """``outputCoordinates_<class>`` keeps letters, digits and _ only: 'a.b' and 'a_b'
     would be one output."""
