@@ -54,9 +54,10 @@ StatisticsAdaptation = Literal["auto", "on", "off"]
 STATISTICS_ADAPTATIONS: tuple[str, ...] = get_args(StatisticsAdaptation)
 """When ``sasi pick`` re-estimates the model's batch-normalisation statistics over the
 tomogram it picks (``picking.adapted_model``): ``auto`` (the default) for a tomogram
-coarser than the model whose statistics were estimated over its training tomograms,
-where it was measured to recover the detail-loss (``docs/method.md``), ``on`` for
-every tomogram, ``off`` never."""
+coarser than the model whose statistics were estimated over its training tomograms
+(a model of several classes), where it was measured to recover what the coarser
+tomogram's missing detail otherwise costs (``docs/method.md``), ``on`` for every
+tomogram, ``off`` never."""
 PROTOTYPE_QUANTILE = 0.1
 """Default cut-off of the prototype filter: the quantile of a class's leave-one-out
 label similarities below which picks of that class are dropped (``docs/method.md``)."""

@@ -195,8 +195,9 @@ def adapted_model(model: Model, data: Voxels, device: torch.device) -> Model:
 
     A tomogram coarser than the model lacks the fine detail its training data had, so
     every feature's spread shrinks and the statistics of the training tomograms no
-    longer normalise it (measured, ``docs/method.md``: at 13.5 Å a 10 Å model lost
-    0.14 to 0.27 pooled F1 with its own statistics and 0.00 to 0.05 with these)."""
+    longer normalise it (measured, ``docs/method.md``: at 13.5 Å three 10 Å models
+    lost 0.12 to 0.26 pooled F1 with their own statistics, and -0.013 to 0.053 with
+    these)."""
     adapted = Model(copy.deepcopy(model.network).to(device), model.metadata)
     meta = model.metadata
     picking_statistics(adapted.network, [data], meta.window,
