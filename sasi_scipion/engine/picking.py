@@ -195,8 +195,8 @@ def adapted_model(model: Model, data: Voxels, device: torch.device) -> Model:
 
     A tomogram coarser than the model lacks the fine detail its training data had, so
     every feature's spread shrinks and the statistics of the training tomograms no
-    longer normalise it (measured, ``docs/method.md``: at 13.5 Å three 10 Å models
-    lost 0.12 to 0.26 pooled F1 with their own statistics, and -0.013 to 0.053 with
+    longer normalise it (measured, ``docs/method.md``: at 13.5 Å four 10 Å models
+    lost 0.06 to 0.26 pooled F1 with their own statistics, and -0.013 to 0.053 with
     these)."""
     adapted = Model(copy.deepcopy(model.network).to(device), model.metadata)
     meta = model.metadata
