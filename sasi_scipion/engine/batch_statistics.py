@@ -33,8 +33,8 @@ STATISTICS_BATCHES = 32
 training."""
 PICK_STATISTICS_BATCHES = 8
 """Batches of windows over the tomogram being picked when picking re-estimates the
-statistics there (``picking.adapted_model``): 4, 8 and 32 batches gave the same F1 on
-a coarser tomogram (``docs/method.md``), and each costs picking time."""
+statistics there (``picking.adapted_model``): 4, 8 and 32 batches gave about the same
+F1 on a coarser tomogram (``docs/method.md``), and each costs picking time."""
 
 
 def uniform_windows(volumes: Sequence[Voxels], window: int, batch: int,
