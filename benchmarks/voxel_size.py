@@ -80,10 +80,10 @@ def main() -> None:
                 else:
                     write_volume(tomogram, resampled, voxel_size)
             tomograms[name] = tomogram, source.data.shape, shape
+        label = f"{voxel_size}_band" if control else voxel_size or "native"
         for adapt in ADAPTATIONS:
             picks, seconds = {}, 0.0
             for name, (tomogram, source_shape, shape) in tomograms.items():
-                label = f"{voxel_size}_band" if control else voxel_size or "native"
                 out = folder / f"{Path(args.model).stem}_{label}_{adapt}_{name}.tsv"
                 seconds += _pick(model, tomogram, out, "--adapt-statistics", adapt)
                 table = read_particles(out, allow_empty=True)

@@ -88,8 +88,9 @@ class ProtSaSiPick(ProtSaSiBase):
                       help="Re-estimate the network's batch-normalisation statistics over "
                            "each tomogram before picking it (a few seconds). auto: for "
                            "tomograms at a coarser sampling rate than the model (a model "
-                           "of several classes), whose missing fine detail otherwise "
-                           "costs many picks; on: for every tomogram, e.g. tomograms "
+                           "of several classes), whose features the training tomograms' "
+                           "statistics no longer normalise (most of the accuracy lost at "
+                           "a coarser sampling rate); on: for every tomogram, e.g. tomograms "
                            "filtered or reconstructed differently from the training "
                            "ones; off: never.")
         form.addParam("classCalibration", params.BooleanParam, default=True,

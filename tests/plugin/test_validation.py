@@ -429,9 +429,9 @@ def test_pick_passes_the_prototype_filter_and_refuses_it_for_a_model_without(env
                                            "--prototype-quantile", "0.25"]
 
 
-
 def test_pick_passes_the_statistics_adaptation_the_engine_reads(env, monkeypatch) -> None:
     from sasi_scipion.engine.cli import build_parser
+    from sasi_scipion.engine.defaults import STATISTICS_ADAPTATIONS
     from sasi_scipion.objects import SaSiModel
     from sasi_scipion.protocols import ProtSaSiPick
 
@@ -445,10 +445,11 @@ def test_pick_passes_the_statistics_adaptation_the_engine_reads(env, monkeypatch
     commands: list[list[str]] = []
     monkeypatch.setattr(pick, "runSasi", lambda args, device=True: commands.append(args))
     for choice in ("auto", "on", "off"):
-        pick.adaptStatistics.set(["auto", "on", "off"].index(choice))
+        pick.adaptStatistics.set(STATISTICS_ADAPTATIONS.index(choice))
         pick.pickStep("t1")
         parsed = build_parser().parse_args(commands[-1])
         assert parsed.adapt_statistics == choice
+
 
 def test_pick_refuses_classes_whose_outputs_would_share_a_name(env) -> None:
     """``outputCoordinates_<class>`` keeps letters, digits and _ only: 'a.b' and 'a_b'
