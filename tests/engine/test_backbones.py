@@ -100,16 +100,20 @@ def _literal_deepfinder(net: DeepFinderUNet, x: torch.Tensor) -> torch.Tensor:
 
 def test_deepfinder_folded_upsampling_equals_upsample_concatenate_convolve() -> None:
     """The decoder convolves the low-resolution tensor with 2x2x2 parity kernels
-    instead of up-sampling and concatenating: same logits and same gradients
-    (training uses it too). A wrong fold fails: with the parities swapped the
-    logits move by 4e-3, 400 times the tolerance."""
+    (without gradients) or transposes a 4x4x4 one (under autograd) instead of
+    up-sampling and concatenating: same logits both ways and same gradients. A
+    wrong fold fails: with the parities swapped the logits move by 4e-3, 400
+    times the tolerance."""
     torch.manual_seed(0)
     net = DeepFinderUNet(3, width=8)
     x = torch.randn(2, 1, 20, 28, 36, requires_grad=True)
     folded = net(x)
+    with torch.no_grad():
+        interleaved = net(x)
     literal = _literal_deepfinder(net, x)
-    assert folded.shape == literal.shape == (2, 3, 20, 28, 36)
+    assert folded.shape == interleaved.shape == literal.shape == (2, 3, 20, 28, 36)
     assert torch.allclose(folded, literal, atol=1e-5, rtol=0)
+    assert torch.allclose(interleaved, literal, atol=1e-5, rtol=0)
     assert literal.abs().max() > 0.05
     weights = net.dec1[0].weight
     grads = [torch.autograd.grad(out.square().sum(), (x, weights)) for out in (folded, literal)]

@@ -112,6 +112,14 @@ class UpsampledConcatConv3d(nn.Conv3d):
     the skip channels' ordinary convolution. Parameters and their layout are an
     ``nn.Conv3d``'s over ``low``'s channels then ``skip``'s, so checkpoints load
     unchanged.
+
+    Under autograd (training) the up-sampled part is instead one transposed
+    convolution of ``low`` (stride 2, the 4-tap kernels of ``_transposed_kernel``):
+    the same sums, whose backward pass is one convolution, where the eight strided
+    in-place additions of the parity interleave cost a zero-filled buffer of the
+    whole parity tensor and a copy of the output per parity (about a third of a
+    default training step on a 2-core CPU, ``benchmarks/RESULTS.md``). Without
+    gradients the two are level, and the interleave also serves ``window``.
     """
 
     def forward(self, low: torch.Tensor, skip: torch.Tensor,  # type: ignore[override]
@@ -126,6 +134,9 @@ class UpsampledConcatConv3d(nn.Conv3d):
         voxels differ from convolving the cropped concatenation; callers crop them.
         """
         out = nn.functional.conv3d(skip, self.weight[:, low.shape[1]:], self.bias, padding=1)
+        if window is None and torch.is_grad_enabled():
+            return out + nn.functional.conv_transpose3d(
+                low, _transposed_kernel(self.weight[:, :low.shape[1]]), stride=2, padding=1)
         self.add_upsampled_part(out, low, window)
         return out
 
@@ -170,6 +181,20 @@ def _parity_kernels(weight: torch.Tensor) -> torch.Tensor:
                        torch.cat((first + middle, last), dim=axis)]
         kernels = folded
     return torch.cat(kernels, dim=0)
+
+
+def _transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """``(in, out, 4, 4, 4)`` kernel of the transposed convolution (stride 2, padding
+    1) of ``low`` equal to the ``(out, in, 3, 3, 3)`` kernel's 'same' convolution of
+    ``upsample(low)`` (nearest, x2). Along each axis the taps ``(w0, w1, w2)``
+    become ``(w2, w1 + w2, w0 + w1, w0)``: output ``2q`` then reads ``low[q]`` with
+    ``w1 + w2`` and ``low[q - 1]`` with ``w0``, output ``2q + 1`` reads ``low[q]``
+    with ``w0 + w1`` and ``low[q + 1]`` with ``w2`` (see ``UpsampledConcatConv3d``)."""
+    kernel = weight
+    for axis in (2, 3, 4):
+        first, middle, last = kernel.split(1, dim=axis)
+        kernel = torch.cat((last, middle + last, first + middle, first), dim=axis)
+    return kernel.transpose(0, 1)
 
 
 SLAB_VOXELS = 320_000
