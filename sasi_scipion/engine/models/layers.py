@@ -118,8 +118,9 @@ class UpsampledConcatConv3d(nn.Conv3d):
     the same sums, whose backward pass is one convolution, where the eight strided
     in-place additions of the parity interleave cost a zero-filled buffer of the
     whole parity tensor and a copy of the output per parity (about a third of a
-    default training step on a 2-core CPU, ``benchmarks/RESULTS.md``). Without
-    gradients the two are level, and the interleave also serves ``window``.
+    default training step on a 2-core CPU, ``benchmarks/RESULTS.md``); a ``window``
+    is then a crop of the whole up-sampled convolution. Without gradients the two
+    are level, and the interleave computes only the window.
     """
 
     def forward(self, low: torch.Tensor, skip: torch.Tensor,  # type: ignore[override]
@@ -134,9 +135,10 @@ class UpsampledConcatConv3d(nn.Conv3d):
         voxels differ from convolving the cropped concatenation; callers crop them.
         """
         out = nn.functional.conv3d(skip, self.weight[:, low.shape[1]:], self.bias, padding=1)
-        if window is None and torch.is_grad_enabled():
-            return out + nn.functional.conv_transpose3d(
+        if torch.is_grad_enabled():
+            upsampled = nn.functional.conv_transpose3d(
                 low, _transposed_kernel(self.weight[:, :low.shape[1]]), stride=2, padding=1)
+            return out + (upsampled if window is None else upsampled[(..., *window)])
         self.add_upsampled_part(out, low, window)
         return out
 
