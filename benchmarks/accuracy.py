@@ -11,7 +11,8 @@ each seed scores on the test tomograms (SHREC 2021 occupancy rule):
 - ``plain``: supervised U-Net + cc3d (the paper's "DeepFinder + cc3d");
 - ``+infill``, ``+consistency``, ``+iss``: one SaSi component each;
 - ``sasi``: everything (the engine's defaults; the training precision ``auto`` is
-  bf16 on a CPU with AMX, else fp32: ``train_precision`` in each result says which);
+  bf16 on a CPU with AMX or AVX512-BF16, else fp32: ``train_precision`` in each
+  result says which);
 - ``sasi-paper``: everything with the paper's U-Net, without the batch
   normalisation the engine adds (``--no-batch-norm``);
 - ``sasi+background``: the same, with N background points per distractor kind added

@@ -154,9 +154,9 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
                              "learns the classes much faster); deepfinder only")
     parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
                         default=TrainingSettings.precision,
-                        help="auto (default: bf16 autocast on a CPU with AMX, where it halves "
-                             "the training time at the same accuracy; fp32 elsewhere), fp32 "
-                             "or bf16")
+                        help="auto (default: bf16 autocast on a CPU with native bf16, AMX or "
+                             "AVX512-BF16, where it halves the training time at the same "
+                             "accuracy; fp32 elsewhere), fp32 or bf16")
     parser.add_argument("--ema-decay", type=float, default=TrainingSettings.ema_decay,
                         help="save an exponential moving average of the weights with this "
                              "decay, e.g. 0.98 (default 0: the last weights)")

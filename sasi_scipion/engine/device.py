@@ -63,10 +63,17 @@ def use_all_cpus(device: torch.device) -> None:
 
 def training_precision(precision: TrainingPrecision, device: torch.device) -> TrainingPrecision:
     """The arithmetic of training steps on ``device``: ``auto`` is ``bf16`` autocast on a
-    CPU with AMX tiles (there it halved the default run at the same accuracy over five
-    seeds, ``docs/method.md``), else ``fp32`` (a GPU, or a CPU without AMX: bf16 training
-    not measured there); ``fp32`` and ``bf16`` stand for themselves."""
+    CPU with native bf16 dot products, AMX tiles or AVX512-BF16 (there it halved the
+    default run at the same accuracy: five seeds on an AMX Xeon, two on a Zen 4,
+    ``docs/method.md``), else ``fp32`` (a GPU, or a CPU that would emulate bf16);
+    ``fp32`` and ``bf16`` stand for themselves."""
     if precision != "auto":
         return precision
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return "bf16" if device.type == "cpu" and amx() else "fp32"
+    return "bf16" if device.type == "cpu" and native_bf16_dot_products() else "fp32"
+
+
+def native_bf16_dot_products() -> bool:
+    """Whether this CPU multiplies bf16 natively: AMX tiles (Intel Sapphire Rapids and
+    later) or AVX512-BF16 (e.g. AMD Zen 4 and later, Intel Cooper Lake)."""
+    return any(getattr(torch.cpu, check, lambda: False)()
+               for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))

@@ -125,9 +125,9 @@ class TrainingSettings:
             400 of 8000 epochs until half of training, i.e. 10).
         temperature: NT-Xent temperature (paper: 0.1).
         seed: seed of every random choice.
-        precision: ``auto`` (default: ``bf16`` on a CPU with AMX, else ``fp32``;
-            :meth:`for_device` resolves it, ``device.training_precision``), ``fp32``,
-            or ``bf16`` autocast (weights and optimiser stay float32).
+        precision: ``auto`` (default: ``bf16`` on a CPU with AMX or AVX512-BF16, else
+            ``fp32``; :meth:`for_device` resolves it, ``device.training_precision``),
+            ``fp32``, or ``bf16`` autocast (weights and optimiser stay float32).
         ema_decay: weights saved are an exponential moving average of the training
             weights with this decay (0: the last weights); the decay ramps up
             as ``min(decay, (1 + n) / (10 + n))`` after ``n`` averaged steps, so

@@ -115,7 +115,8 @@ class ProtSaSiTrain(ProtSaSiModelBase):
         form.addParam("iterations", params.IntParam, default=0, label="Iterations",
                       help="Optimisation steps; 0 = the engine's default "
                            f"({DEFAULT_ITERATIONS['cpu']} on a CPU: 6 to 9 minutes on 2 cores "
-                           "of a Xeon with AMX, about twice that on CPUs without; "
+                           "of a CPU with native bf16 (AMX or AVX512-BF16), about twice that on "
+                           "CPUs without; "
                            f"{DEFAULT_ITERATIONS['cuda']} on a GPU).")
         form.addParam("infill", params.BooleanParam, default=True,
                       label="Self-augmented Volume Infill",

@@ -95,10 +95,13 @@ def test_ema_saves_the_ramped_moving_average_of_the_weights() -> None:
     assert plain.trained_model() is plain.model
 
 
-@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_trains_in_bf16_on_a_cpu_with_amx_only(monkeypatch, amx: bool,
-                                                              expected: str) -> None:
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"),
+                         [(True, True, "bf16"), (False, True, "bf16"), (True, False, "bf16"),
+                          (False, False, "fp32")])
+def test_auto_precision_trains_in_bf16_on_a_cpu_with_native_bf16_only(
+        monkeypatch, amx: bool, avx512_bf16: bool, expected: str) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     settings = TrainingSettings(iterations=1, ssl="none", consistency=False, infill=False,
                                 batch_size=2)
     assert settings.precision == "auto"

@@ -31,7 +31,10 @@ kernel over the low-resolution axis, so the up-sampled channels cost 8 taps
 per output voxel instead of 27, at low resolution. Same function to float
 rounding (``tests/engine/test_backbones.py`` compares logits and gradients
 with the literal up-sample, concatenate and convolve), a fifth fewer FLOPs
-than the net as written, and no up-sampled or concatenated copies.
+than the net as written, and no up-sampled or concatenated copies. Under
+autograd the up-sampled part is one stride-2 transposed convolution with the
+equivalent 4-tap kernels instead (the same 8 taps per output voxel), whose
+backward pass is one convolution rather than the interleave's strided copies.
 
 The input convolution (one channel in) is a 1x3x3 convolution of the input's
 planes z - 1, z and z + 1 stacked as channels, plus a zero channel
