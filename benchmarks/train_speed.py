@@ -17,7 +17,12 @@ tomograms, 5 labels per class of tomo_000, seed 0.
    demo scores it (pooled F1, occupancy rule); the first budget whose F1 reaches
    ``--target`` ends it.
 
-Usage: python benchmarks/train_speed.py [--budgets 100 200 300 600] [--out FILE.json]
+Side by side: ``--precisions fp32 bf16 --rounds 2`` times the steps of each
+training precision in turn (the order reversed every round), one trainer each, in
+one process; ``--budgets`` with no value skips the time to F1.
+
+Usage: python benchmarks/train_speed.py [--budgets 100 200 300 600] [--precisions auto]
+       [--rounds 1] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -144,19 +150,37 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=40, help="timed steps per kind")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS),
+                        help="budgets for the time to F1 (none: skip it)")
+    parser.add_argument("--precisions", nargs="+", default=["auto"],
+                        choices=["auto", "fp32", "bf16"], help="training precisions to time")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of step timings, the precisions' order reversed each round")
     parser.add_argument("--target", type=float, default=TARGET_F1)
     parser.add_argument("--out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sasi-train-speed-") as folder:
         work = Path(folder)
         radii = prepare(work)
-        trainer = default_trainer(work, radii, torch.device("cpu"))
-        steps = step_rates(trainer, args.iterations, args.warmup)
+        trainers = {precision: default_trainer(work, radii, torch.device("cpu"),
+                                               precision=precision)
+                    for precision in args.precisions}
+        steps: dict[str, list[dict]] = {precision: [] for precision in args.precisions}
+        for round_ in range(args.rounds):
+            for precision in args.precisions[::-1 if round_ % 2 else 1]:
+                print(f"round {round_ + 1}, {precision}:", file=sys.stderr)
+                steps[precision].append(step_rates(trainers[precision], args.iterations,
+                                                   args.warmup))
         f1_rows = time_to_f1(work, radii, args.budgets, args.target)
     reached = next((r for r in f1_rows if r["f1"] >= args.target), None)
+    medians = {precision: round(statistics.median(r["default_run_it_per_s"] for r in rounds), 3)
+               for precision, rounds in steps.items()}
+    first = args.precisions[0]
     write_report(f1_rows, args.out, cpu_model=cpu_model(), demo_shape=list(DEMO_SHAPE),
                  labels_per_class=DEMO_LABELS_PER_CLASS, seed=SEED, step_rates=steps,
+                 median_default_run_it_per_s=medians,
+                 speed_over_first_precision={p: round(m / medians[first], 3)
+                                             for p, m in medians.items()},
                  target_f1=args.target,
                  time_to_target_s=reached["train_s"] if reached else None,
                  iterations_to_target=reached["iterations"] if reached else None,
