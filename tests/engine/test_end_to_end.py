@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sasi_scipion.engine.cli import main
-from sasi_scipion.engine.coordinates import read_particles, write_particles
+from sasi_scipion.engine.coordinates import ParticleTable, read_particles, write_particles
 from sasi_scipion.engine.defaults import WINDOW
 from sasi_scipion.engine.demo import few_labels
 from sasi_scipion.engine.metrics import evaluate_distance, evaluate_occupancy
@@ -175,8 +175,13 @@ def test_self_training_finds_unlabelled_particles_of_the_training_tomogram(train
     data = load_training_data([str(trained["data"] / "tomo_000.mrc")],
                               [str(trained["work"] / "labels.tsv")], dataset["radii"], WINDOW)
     network, _ = load_model(trained["model"], torch.device("cpu"))
-    settings = TrainingSettings(self_training=mode)
-    (found,) = self_labeller(data, settings, torch.device("cpu"))(network)
+
+    def finds(self_training: str) -> ParticleTable:
+        settings = TrainingSettings(self_training=self_training)
+        (found,) = self_labeller(data, settings, torch.device("cpu"))(network)
+        return found
+
+    found = finds(mode)
     truth = read_particles(trained["data"] / "tomo_000.tsv")
     labels = read_particles(trained["work"] / "labels.tsv")
     radius = np.array([dataset["radii"][str(c)] for c in truth.classes])
@@ -184,14 +189,22 @@ def test_self_training_finds_unlabelled_particles_of_the_training_tomogram(train
     nearest = to_truth.argmin(axis=1)
     on_particle = to_truth[np.arange(len(found)), nearest] < radius[nearest]
     to_labels = np.linalg.norm(found.xyz[:, None] - labels.xyz[None], axis=2)
-    # unlabelled particles of the tomogram, each once, none of them a label
-    assert len(found) >= 0.25 * (len(truth) - len(labels)), f"{len(found)} found"
+    # unlabelled particles of the tomogram, each once, none of them a label; ``labels``
+    # keeps those scoring at least the median of the labels' own scores, which the
+    # unlabelled particles (taught as background around the labels) mostly score
+    # below (0.79-0.88 against the labels' 0.82-0.92 on one such model), so it finds
+    # fewer, and always a subset of what ``ignore`` finds (a higher cut-off per class)
+    share = 0.25 if mode == "ignore" else 0.1
+    assert len(found) >= share * (len(truth) - len(labels)), f"{len(found)} found"
     assert on_particle.mean() >= 0.8, f"{on_particle.mean():.2f} on particles"
     assert len(set(nearest[on_particle])) == on_particle.sum()
     assert (to_labels.min(axis=1) > 4).all()
     if mode == "labels":  # taught with a class: mostly the right one
         right = found.classes[on_particle] == truth.classes[nearest[on_particle]]
         assert right.mean() >= 0.7, f"{right.mean():.2f} of the classes right"
+        loose = finds("ignore")
+        to_loose = np.linalg.norm(found.xyz[:, None] - loose.xyz[None], axis=2)
+        assert len(found) < len(loose) and (to_loose.min(axis=1) < 1e-6).all()
 
 
 def test_seed_makes_cpu_training_reproducible(trained) -> None:
