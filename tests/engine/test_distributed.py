@@ -21,7 +21,7 @@ supervised with infill: every loss that crosses the processes is exercised."""
 def _train(tomogram: Path, labels: Path, out: Path, processes: int,
            *extra: str) -> subprocess.CompletedProcess:
     """``sasi train [EXTRA]`` in ``processes`` processes, in float32 whatever the CPU: the
-    tolerances below are float32 rounding (bf16 autocast, the default on an AMX CPU,
+    tolerances below are float32 rounding (bf16 autocast, the default on a CPU with native bf16,
     rounds each convolution to 8 bits of mantissa and would hide a real mismatch)."""
     command = [sys.executable, "-m", "sasi_scipion.engine.cli", "train", "--tomogram",
                str(tomogram), "--coords", str(labels), "--radius", "3", "--iterations",

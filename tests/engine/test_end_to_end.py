@@ -48,8 +48,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = work / "model.pt"
     # float32 on every CPU, as the picks below: the same model wherever the suite runs,
     # so the voxel-size bound tests resampling, not one CPU's bf16 rounding (under the
-    # auto precision an AMX CPU trains this 160-step model in bf16, and its 13.5 Å
-    # picks then missed the bound; benchmarks/RESULTS.md measures the bound per seed)
+    # auto precision a CPU with native bf16 trains this 160-step model in bf16, and on
+    # an AMX Xeon its 13.5 Å picks then missed the bound; benchmarks/RESULTS.md
+    # measures the bound per seed)
     assert main(["train", "--tomogram", str(data / "tomo_000.mrc"),
                  "--coords", str(work / "labels.tsv"), *radii, "--out", str(model),
                  "--iterations", str(ITERATIONS), "--seed", "0", "--device", "cpu",
