@@ -79,7 +79,7 @@ WINDOW = 24
 must fit it."""
 DEFAULT_ITERATIONS = {"cpu": 600, "cuda": 10000}
 """Default budget per device type: on 2 CPU cores 6 to 9 minutes of bf16 training on a
-Xeon with AMX (355 to 512 s for 12 classes) or a Zen 4 (AVX512-BF16; 522 to 541 s), 15
+Xeon with AMX (355 to 512 s for 12 classes) or a Zen 4 (AVX512-BF16; 472 to 541 s), 15
 to 23 minutes of float32 on AVX2 CPUs (``benchmarks/RESULTS.md``); the paper's scale
 (about 10k iterations) on a GPU."""
 VOXEL_SIZE_TOLERANCE = 0.01
