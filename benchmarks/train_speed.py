@@ -43,6 +43,7 @@ from report import write_report
 
 from sasi_scipion.engine.api import evaluate, pick, train
 from sasi_scipion.engine.coordinates import read_particles, write_particles
+from sasi_scipion.engine.defaults import TRAINING_PRECISIONS
 from sasi_scipion.engine.demo import DEMO_LABELS_PER_CLASS, DEMO_SHAPE, few_labels
 from sasi_scipion.engine.simulate import simulate_dataset
 from sasi_scipion.engine.training import SaSiTrainer, TrainingSettings
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS),
                         help="budgets for the time to F1 (none: skip it)")
     parser.add_argument("--precisions", nargs="+", default=["auto"],
-                        choices=["auto", "fp32", "bf16"], help="training precisions to time")
+                        choices=TRAINING_PRECISIONS, help="training precisions to time")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of step timings, the precisions' order reversed each round")
     parser.add_argument("--target", type=float, default=TARGET_F1)

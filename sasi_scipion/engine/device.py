@@ -63,8 +63,8 @@ def use_all_cpus(device: torch.device) -> None:
 
 def training_precision(precision: TrainingPrecision, device: torch.device) -> TrainingPrecision:
     """The arithmetic of training steps on ``device``: ``auto`` is ``bf16`` autocast on a
-    CPU with native bf16 dot products, AMX tiles or AVX512-BF16 (there it halved the
-    default run at the same accuracy: five seeds on an AMX Xeon and on a Zen 4,
+    CPU with native bf16 dot products, AMX tiles or AVX512-BF16 (at the same accuracy
+    the default run took half the time on an AMX Xeon and 0.6 of it on a Zen 4,
     ``docs/method.md``), else ``fp32`` (a GPU, or a CPU that would emulate bf16);
     ``fp32`` and ``bf16`` stand for themselves."""
     if precision != "auto":
